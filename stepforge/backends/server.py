@@ -1,0 +1,101 @@
+"""A minimal OpenAI-compatible server (``/v1/completions``, ``/v1/models``) over any Policy.
+
+Stdlib ``http.server`` only: it exists to serve the built-in world's policy to judge and
+labeling pipelines (and to test the OpenAI backend against a real HTTP server), not to
+replace vLLM. Requests are served one at a time through the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from stepforge.backends.base import Policy
+
+
+class CompletionsHandler(BaseHTTPRequestHandler):
+    server: PolicyServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def send_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def error(self, status: int, message: str) -> None:
+        self.send_json(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            self.send_json(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]})
+        else:
+            self.error(404, f"no route {self.path}")
+
+    def do_POST(self) -> None:
+        if self.path.rstrip("/") != "/v1/completions":
+            self.error(404, f"no route {self.path}")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            reply = self.server.complete(body)
+        except (ValueError, TypeError, KeyError) as err:
+            self.error(400, str(err))
+            return
+        self.send_json(200, reply)
+
+
+class PolicyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 0, model_name: str = "stepforge",
+                 handler: type[CompletionsHandler] = CompletionsHandler, verbose: bool = False) -> None:
+        super().__init__((host, port), handler)
+        self.policy = policy
+        self.model_name = model_name
+        self.verbose = verbose
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def complete(self, body: dict) -> dict:
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts) or not prompts:
+            raise ValueError("'prompt' must be a string or a non-empty list of strings")
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else (stop or [])
+        n = int(body.get("n", 1))
+        with self._lock:
+            result = self.policy.generate(prompts, n=n, stop=stop, max_new_tokens=int(body.get("max_tokens", 16)),
+                                          temperature=float(body.get("temperature", 1.0)), seed=body.get("seed"))
+        choices = []
+        for i, row in enumerate(result.completions):
+            for j, c in enumerate(row):
+                choices.append({"index": i * n + j, "text": c.text, "finish_reason": c.finish_reason,
+                                "logprobs": None, "stop_reason": c.stop_reason, "completion_tokens": c.tokens})
+        usage = {"prompt_tokens": result.cost.prompt_tokens, "completion_tokens": result.cost.generated_tokens,
+                 "total_tokens": result.cost.prompt_tokens + result.cost.generated_tokens}
+        return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
+                "model": self.model_name, "choices": choices, "usage": usage}
+
+
+def serve_in_thread(server: PolicyServer) -> threading.Thread:
+    """Start ``server`` on a daemon thread (tests and notebooks); stop with ``server.shutdown()``."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,239 @@
+"""The ``stepforge`` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  help="Step-level supervision of LLM reasoning: sample, label, train PRMs, search, train.")
+console = Console()
+
+Threads = Annotated[int, typer.Option(help="torch CPU threads (1 is fastest for the tiny world model)")]
+
+
+def _quiet_hf(threads: int) -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(threads)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def _train_world(out: Path, steps: int, seed: int, threads: int) -> Path:
+    from stepforge.worlds.arith.policy import PolicyTrainConfig, train_policy
+
+    cfg = PolicyTrainConfig(steps=steps, seed=seed, threads=threads)
+    with _progress() as bar:
+        task = bar.add_task("training world policy", total=steps, rate="")
+
+        def tick(step: int, total: int, loss: float) -> None:
+            if step % 25 == 0 or step == total:
+                bar.update(task, completed=step, rate=f"loss {loss:.3f}")
+
+        return train_policy(out, cfg, progress=tick)
+
+
+@app.command("train-world")
+def train_world(
+    out: Annotated[Path | None, typer.Option(help="output dir (default: the user cache)")] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 2000,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Train the built-in world's tiny policy from scratch on CPU (about 2 min on 2 cores)."""
+    from stepforge.worlds.arith.policy import default_cache_dir
+
+    _quiet_hf(threads)
+    where = _train_world(out or default_cache_dir(), steps, seed, threads)
+    console.print(f"saved policy to [bold]{where}[/bold]")
+
+
+def _sample_with_progress(policy, problems, task, path: Path, n: int, temperature: float, seed: int,
+                          max_new_tokens: int, label: str, id_suffix: str, batch_problems: int):
+    from stepforge.sample import sample_to_file
+
+    with _progress() as bar:
+        t = bar.add_task(label, total=len(problems), rate="")
+        start, tokens, samples = time.perf_counter(), 0, 0
+
+        def on_batch(batch) -> None:
+            nonlocal tokens, samples
+            tokens += batch.cost.generated_tokens
+            samples += len(batch.trajectories)
+            dt = max(time.perf_counter() - start, 1e-9)
+            bar.update(t, advance=len(batch.trajectories) // n,
+                       rate=f"{samples / dt:,.0f} samples/s {tokens / dt:,.0f} tok/s")
+
+        stats = sample_to_file(policy, problems, task, path, n=n, temperature=temperature, seed=seed,
+                               max_new_tokens=max_new_tokens, batch_problems=batch_problems,
+                               id_suffix=id_suffix, on_batch=on_batch)
+        bar.update(t, completed=len(problems))
+    if stats.batches_skipped:
+        console.print(f"resumed {path}: {stats.batches_skipped} batches were already done")
+    return stats
+
+
+def _report_table(title: str, report: dict) -> Table:
+    table = Table(title=title)
+    table.add_column("problems")
+    cols = [("greedy_accuracy", "greedy"), ("sample_accuracy", "mean sample"),
+            ("majority_accuracy", "majority vote"), ("oracle_accuracy", "oracle (any)")]
+    for _, name in cols:
+        table.add_column(name, justify="right")
+    rows = [("all", report)] + [(f"{k} steps", v) for k, v in report.get("by_steps", {}).items()]
+    for name, r in rows:
+        table.add_row(f"{name} ({r['problems']})",
+                      *[f"{r[key]:.1%}" if key in r else "-" for key, _ in cols])
+    return table
+
+
+def _run_sampling_report(policy, problems, task, out: Path, n: int, temperature: float, seed: int,
+                         max_new_tokens: int, batch_problems: int, greedy: bool) -> dict:
+    from stepforge.eval.sampling import sampling_report
+    from stepforge.schema import Trajectory, read_jsonl
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples_path, greedy_path = out / "trajectories.jsonl", out / "greedy.jsonl"
+    stats = _sample_with_progress(policy, problems, task, samples_path, n, temperature, seed,
+                                  max_new_tokens, f"sampling n={n}", "s", batch_problems)
+    greedy_records = []
+    if greedy:
+        _sample_with_progress(policy, problems, task, greedy_path, 1, 0.0, seed, max_new_tokens,
+                              "greedy", "g", batch_problems)
+        greedy_records = read_jsonl(greedy_path, Trajectory)
+    report = sampling_report(problems, read_jsonl(samples_path, Trajectory), task, greedy_records)
+    report.update({"backend": getattr(policy, "name", type(policy).__name__), "task": task.name, "n": n,
+                   "temperature": temperature, "seed": seed, "generation_cost_this_run": stats.cost.as_dict()})
+    (out / "summary.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _print_report(report: dict, out: Path) -> None:
+    console.print(_report_table(f"{report['task']}: {report['backend']}", report))
+    if report.get("step_error_rate") is not None:
+        console.print(f"per-step error rate: [bold]{report['step_error_rate']:.1%}[/bold]  "
+                      f"(first errors / steps taken up to the first error)")
+    console.print(f"unparseable answers: {report['unparseable_rate']:.1%}   "
+                  f"mean generated tokens: {report['mean_generated_tokens']:.1f}")
+    console.print(f"wrote [bold]{out / 'trajectories.jsonl'}[/bold] and [bold]{out / 'summary.json'}[/bold]")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
+    problems: Annotated[int, typer.Option(help="number of world problems")] = 200,
+    n: Annotated[int, typer.Option(help="samples per problem")] = 16,
+    min_steps: int = 4,
+    max_steps: int = 6,
+    seed: int = 0,
+    policy: Annotated[Path | None, typer.Option(help="world policy checkpoint dir (default: shipped)")] = None,
+    retrain: Annotated[bool, typer.Option(help="train the world policy from scratch first")] = False,
+    threads: Threads = 1,
+) -> None:
+    """The built-in world end to end: policy, N samples per problem, greedy / majority / oracle."""
+    from stepforge.backends import make_policy
+    from stepforge.tasks import ARITH
+    from stepforge.worlds.arith.policy import default_cache_dir, resolve_policy_dir
+    from stepforge.worlds.arith.problems import ArithConfig, generate_problems
+
+    _quiet_hf(threads)
+    start = time.perf_counter()
+    if retrain or resolve_policy_dir(policy) is None:
+        policy = _train_world(policy or default_cache_dir(), 2000, seed, threads)
+    backend = make_policy("world", str(resolve_policy_dir(policy)))
+    world_problems = generate_problems(problems, ArithConfig(min_steps=min_steps, max_steps=max_steps),
+                                       seed=10_000 + seed, prefix="demo")
+    report = _run_sampling_report(backend, world_problems, ARITH, out, n, 1.0, seed, 128, 64, greedy=True)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    (out / "summary.json").write_text(json.dumps(report, indent=2))
+    _print_report(report, out)
+    console.print(f"done in {report['wall_seconds']} s")
+
+
+@app.command()
+def sample(
+    data: Annotated[str, typer.Option(help="'world', 'gsm8k:<split>', or a JSONL/Parquet/dataset path")] = "world",
+    backend: Annotated[str, typer.Option(help="world | transformers | openai | vllm")] = "world",
+    model: Annotated[str | None, typer.Option(help="model dir / served model name")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (openai backend)")] = None,
+    task: Annotated[str | None, typer.Option(help="arith | gsm8k (default: from --data)")] = None,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/sample"),
+    n: int = 16,
+    limit: Annotated[int | None, typer.Option(help="first N problems only")] = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 256,
+    batch_problems: Annotated[int, typer.Option(help="problems per backend call")] = 64,
+    field: Annotated[list[str] | None, typer.Option(help="field mapping ours=theirs, e.g. question=problem")] = None,
+    greedy: Annotated[bool, typer.Option(help="also decode greedily once per problem")] = True,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Sample N solutions per problem from any backend; writes trajectories (resumable) + summary."""
+    from stepforge.backends import BackendError, make_policy
+    from stepforge.loaders import load_problems
+    from stepforge.schema import RecordError
+    from stepforge.tasks import get_task
+    from stepforge.worlds.arith.problems import generate_problems
+
+    _quiet_hf(threads)
+    try:
+        if data == "world":
+            items = generate_problems(limit or 200, seed=10_000 + seed, prefix="world")
+        else:
+            mapping = dict(f.split("=", 1) for f in field or [])
+            items = load_problems(data, fields=mapping, limit=limit)
+        chosen = get_task(task or ("arith" if data == "world" else "gsm8k"))
+        policy = make_policy(backend, model, base_url)
+        report = _run_sampling_report(policy, items, chosen, out, n, temperature, seed, max_new_tokens,
+                                      batch_problems, greedy)
+    except (RecordError, FileNotFoundError, ValueError, BackendError) as err:
+        raise _fail(str(err)) from None
+    _print_report(report, out)
+
+
+@app.command()
+def serve(
+    backend: str = "world",
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: Annotated[str, typer.Option(help="model name the server answers to")] = "stepforge-world",
+    threads: Threads = 1,
+) -> None:
+    """Serve a local policy over an OpenAI-compatible /v1/completions endpoint."""
+    from stepforge.backends import make_policy
+    from stepforge.backends.server import PolicyServer
+
+    _quiet_hf(threads)
+    server = PolicyServer(make_policy(backend, model), host=host, port=port, model_name=name, verbose=True)
+    console.print(f"serving {name} at {server.base_url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

@@ -1,0 +1,126 @@
+"""Sample whole solutions from any Policy and turn them into Trajectory records."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepforge.backends.base import Completion, GenerationCost, Policy
+from stepforge.schema import Cost, Problem, Trajectory, read_jsonl, repair_jsonl_tail, write_jsonl
+from stepforge.tasks import Task
+
+
+@dataclass
+class SampleBatch:
+    """Trajectories of one batch of problems (``n`` each, in problem order) and their cost."""
+
+    trajectories: list[Trajectory]
+    cost: GenerationCost
+
+
+def to_trajectory(problem: Problem, completion: Completion, task: Task, trajectory_id: str,
+                  meta: dict | None = None) -> Trajectory:
+    """Read a completion back: steps, final answer, correctness and (if the task has an exact
+    checker) the ground-truth first error and step labels."""
+    steps = task.steps(completion.text)
+    answer = task.extract_answer(completion.text)
+    record_meta = {"finish_reason": completion.finish_reason, **(meta or {})}
+    if answer is None:
+        record_meta["unparseable"] = True
+    first_error, labels, source = None, None, None
+    if task.first_error is not None and steps:
+        first_error = task.first_error(problem, steps)
+        if task.truth_is_exact:
+            labels = truth_labels(len(steps), first_error)
+            source = "truth"
+    return Trajectory(
+        id=trajectory_id, problem_id=problem.id, question=problem.question, steps=steps,
+        final_answer=answer, correct=task.is_correct(problem, answer),
+        step_labels=labels or [], label_source=source, first_error=first_error,
+        cost=Cost(rollouts=0, generated_tokens=completion.tokens), meta=record_meta,
+    )
+
+
+def truth_labels(n_steps: int, first_error: int | None) -> list[float]:
+    """Hard labels from a known first error: steps before it lie on a correct path (1), it and
+    every later step do not (0)."""
+    if first_error is None:
+        return [1.0] * n_steps
+    return [1.0] * first_error + [0.0] * (n_steps - first_error)
+
+
+def sample_trajectories(policy: Policy, problems: Sequence[Problem], task: Task, *, n: int,
+                        temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 256,
+                        batch_problems: int = 64, id_suffix: str = "s") -> Iterator[SampleBatch]:
+    """Yield one :class:`SampleBatch` per ``batch_problems`` problems, so callers can write
+    results incrementally. Trajectory ids are ``{problem_id}/{id_suffix}{j}``; batch b is
+    sampled with seed ``seed + b``, so a resumed run reproduces the same batches."""
+    for b, start in enumerate(range(0, len(problems), batch_problems)):
+        chunk = problems[start:start + batch_problems]
+        result = policy.generate([task.build_prompt(p) for p in chunk], n=n,
+                                 stop=list(task.solution_stop) or None, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, seed=seed + b)
+        trajectories = [
+            to_trajectory(p, c, task, f"{p.id}/{id_suffix}{j}", {"temperature": temperature})
+            for p, row in zip(chunk, result.completions, strict=True) for j, c in enumerate(row)
+        ]
+        yield SampleBatch(trajectories, result.cost)
+
+
+@dataclass
+class SampleRunStats:
+    problems: int
+    batches_run: int
+    batches_skipped: int
+    cost: GenerationCost
+
+
+def sample_to_file(policy: Policy, problems: Sequence[Problem], task: Task, path: str | Path, *, n: int,
+                   temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 256, batch_problems: int = 64,
+                   id_suffix: str = "s", on_batch: Callable[[SampleBatch], None] | None = None
+                   ) -> SampleRunStats:
+    """Sample to a JSONL file, one fsync'd append per batch, resuming a previous run.
+
+    Batches are fixed by ``batch_problems`` over ``problems`` and seeded by their index, so a
+    run interrupted at any point and restarted writes the same file as one uninterrupted run:
+    on restart, batches already complete in the file are skipped and a partly written batch
+    is dropped and redone.
+    """
+    path = Path(path)
+    batches = [list(problems[i:i + batch_problems]) for i in range(0, len(problems), batch_problems)]
+    done = _complete_batches(path, batches, n)
+    cost = GenerationCost()
+    run = 0
+    for b, chunk in enumerate(batches):
+        if b in done:
+            continue
+        batch = next(sample_trajectories(policy, chunk, task, n=n, temperature=temperature, seed=seed + b,
+                                         max_new_tokens=max_new_tokens, batch_problems=len(chunk),
+                                         id_suffix=id_suffix))
+        write_jsonl(path, batch.trajectories, append=True, fsync=True)
+        cost = cost + batch.cost
+        run += 1
+        if on_batch:
+            on_batch(batch)
+    return SampleRunStats(len(problems), run, len(done), cost)
+
+
+def _complete_batches(path: Path, batches: list[list[Problem]], n: int) -> set[int]:
+    """Indices of batches fully present in ``path``; rewrites the file without any other records."""
+    if not path.exists():
+        return set()
+    repair_jsonl_tail(path)
+    existing = read_jsonl(path, Trajectory)
+    counts: dict[str, int] = {}
+    for t in existing:
+        counts[t.problem_id] = counts.get(t.problem_id, 0) + 1
+    done = {b for b, chunk in enumerate(batches) if all(counts.get(p.id, 0) == n for p in chunk)}
+    keep_ids = {p.id for b in done for p in batches[b]}
+    kept = [t for t in existing if t.problem_id in keep_ids]
+    if len(kept) != len(existing):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        write_jsonl(tmp, kept, fsync=True)
+        os.replace(tmp, path)
+    return done

@@ -1,0 +1,177 @@
+"""The arithmetic world: multi-step problems whose every step is checked exactly.
+
+A problem is a start value and a chain of tagged operations; the solution writes one
+step a line, running value last, then ``Answer: N``::
+
+    40 a-6 b*2 c-4 d+3        <- question
+    a-6=34                    <- step 0
+    b*2=68
+    c-4=64
+    d+3=67
+    Answer: 67                <- step T (the answer is a step too)
+
+Tags make "which operation is step i" a content match for a tiny model (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from stepforge.schema import Problem
+
+TAGS = "abcdefghijklmnop"
+OPERATORS = "+-*"
+ANSWER_PREFIX = "Answer:"
+_STEP_RE = re.compile(r"^([a-p])([+\-*])(\d)=(\d+)$")
+_ANSWER_RE = re.compile(r"^Answer:\s*(-?\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class ArithConfig:
+    """Difficulty knobs of the world."""
+
+    min_steps: int = 4
+    max_steps: int = 6
+    max_start: int = 50
+    max_value: int = 99
+    max_addend: int = 9
+    max_factor: int = 5
+    operators: str = OPERATORS
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_steps <= self.max_steps <= len(TAGS):
+            raise ValueError(f"need 1 <= min_steps <= max_steps <= {len(TAGS)}, got "
+                             f"{self.min_steps}..{self.max_steps}")
+        if not (1 <= self.max_addend <= 9 and 2 <= self.max_factor <= 9):
+            raise ValueError("operands are single digits: max_addend in 1..9, max_factor in 2..9")
+        if not self.operators or set(self.operators) - set(OPERATORS):
+            raise ValueError(f"operators must be a non-empty subset of {OPERATORS!r}, got {self.operators!r}")
+        if not 0 < self.max_start <= self.max_value:
+            raise ValueError("need 0 < max_start <= max_value")
+
+
+@dataclass(frozen=True)
+class ArithProblem:
+    start: int
+    ops: tuple[tuple[str, int], ...]
+    values: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        values, v = [], self.start
+        for op, k in self.ops:
+            v = apply_op(v, op, k)
+            values.append(v)
+        object.__setattr__(self, "values", tuple(values))
+
+    @property
+    def answer(self) -> int:
+        return self.values[-1] if self.values else self.start
+
+    @property
+    def question(self) -> str:
+        return " ".join([str(self.start)] + [f"{TAGS[i]}{op}{k}" for i, (op, k) in enumerate(self.ops)])
+
+    @property
+    def steps(self) -> list[str]:
+        lines = [f"{TAGS[i]}{op}{k}={v}" for i, ((op, k), v) in enumerate(zip(self.ops, self.values, strict=True))]
+        return [*lines, f"{ANSWER_PREFIX} {self.answer}"]
+
+    @property
+    def solution(self) -> str:
+        return "\n".join(self.steps)
+
+    def to_problem(self, problem_id: str) -> Problem:
+        return Problem(id=problem_id, question=self.question, answer=str(self.answer),
+                       meta={"world": "arith", "start": self.start, "ops": [list(o) for o in self.ops]})
+
+
+def apply_op(value: int, op: str, operand: int) -> int:
+    if op == "+":
+        return value + operand
+    if op == "-":
+        return value - operand
+    if op == "*":
+        return value * operand
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def sample_problem(rng: random.Random, config: ArithConfig, max_tries: int = 1000) -> ArithProblem:
+    """One problem; every running value stays within [0, max_value].
+
+    A chain that reaches a value where no allowed operation fits (possible when "-" is not
+    among the operators) is drawn again.
+    """
+    for _ in range(max_tries):
+        n_steps = rng.randint(config.min_steps, config.max_steps)
+        start = v = rng.randint(1, config.max_start)
+        ops: list[tuple[str, int]] = []
+        for _ in range(n_steps):
+            choices = [(op, k) for op in config.operators for k in _operands(op, config)
+                       if 0 <= apply_op(v, op, k) <= config.max_value]
+            if not choices:
+                break
+            op, k = rng.choice(choices)
+            ops.append((op, k))
+            v = apply_op(v, op, k)
+        else:
+            return ArithProblem(start=start, ops=tuple(ops))
+    raise ValueError(f"no {config.min_steps}-step chain fits within [0, {config.max_value}] with operators "
+                     f"{config.operators!r} after {max_tries} tries; allow '-' or raise max_value")
+
+
+def _operands(op: str, config: ArithConfig) -> range:
+    return range(2, config.max_factor + 1) if op == "*" else range(1, config.max_addend + 1)
+
+
+def generate_problems(n: int, config: ArithConfig | None = None, seed: int = 0,
+                      prefix: str = "arith") -> list[Problem]:
+    """``n`` problems, deterministic in ``seed``; ids are ``{prefix}-{seed}-{i}``."""
+    config = config or ArithConfig()
+    rng = random.Random(seed)
+    return [sample_problem(rng, config).to_problem(f"{prefix}-{seed}-{i}") for i in range(n)]
+
+
+def parse_question(question: str) -> ArithProblem:
+    """Inverse of ``ArithProblem.question``; raises ValueError naming the bad token."""
+    tokens = question.split()
+    if not tokens or not tokens[0].isdigit():
+        raise ValueError(f"arith question must start with a number: {question!r}")
+    ops = []
+    for i, tok in enumerate(tokens[1:]):
+        m = re.fullmatch(r"([a-p])([+\-*])(\d)", tok)
+        if not m or m.group(1) != TAGS[i]:
+            raise ValueError(f"arith question token {i + 1} {tok!r} is not '{TAGS[i]}<op><digit>': {question!r}")
+        ops.append((m.group(2), int(m.group(3))))
+    return ArithProblem(start=int(tokens[0]), ops=tuple(ops))
+
+
+def first_error(question: str, steps: list[str]) -> int | None:
+    """Index of the first wrong step against the exact solution path, None if none is wrong.
+
+    Step i < T must read ``{tag_i}{op_i}{k_i}={true value_i}``; step T must be ``Answer: {answer}``.
+    Any step past T is wrong. A chain that stops early with every step right has no wrong
+    step (it is incomplete, not wrong): callers see that through ``correct``.
+    """
+    problem = parse_question(question)
+    expected = problem.steps
+    for i, step in enumerate(steps):
+        if i >= len(expected) or step.strip() != expected[i]:
+            return i
+    return None
+
+
+def step_is_consistent(step: str, previous_value: int) -> bool:
+    """Local check: is ``step`` right given the value the chain had before it (not the true path)?"""
+    m = _STEP_RE.match(step.strip())
+    return bool(m) and apply_op(previous_value, m.group(2), int(m.group(3))) == int(m.group(4))
+
+
+def extract_answer(text: str) -> str | None:
+    """The N of the last ``Answer: N`` line, or None when there is none."""
+    for line in reversed(text.strip().splitlines()):
+        m = _ANSWER_RE.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
