@@ -13,7 +13,8 @@ import operator
 import re
 from dataclasses import dataclass
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}  # GSM8K annotations are Python: 560//10
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 # An arithmetic expression (at least one operator) '=' a number, e.g. "48/2 = 24" or "3 x 4 = 12".
@@ -23,14 +24,17 @@ _EQUATION = re.compile(
 )
 
 
+def _normalise(text: str) -> str:
+    return text.replace("×", "*").replace("÷", "/").replace("−", "-").replace("–", "-")
+
+
 class UnsafeExpression(ValueError):
     """The text is not plain arithmetic."""
 
 
 def safe_eval(expr: str) -> float:
-    """Value of an arithmetic expression: numbers, + - * / (also × ÷ x), parentheses, unary ±."""
-    cleaned = (expr.replace("×", "*").replace("÷", "/").replace("$", "").replace(",", "")
-               .replace("−", "-"))
+    """Value of an arithmetic expression: numbers, + - * / // % (also × ÷ x), parentheses, unary ±."""
+    cleaned = _normalise(expr).replace("$", "").replace(",", "")
     cleaned = re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", cleaned)
     try:
         tree = ast.parse(cleaned.strip(), mode="eval")
@@ -44,7 +48,7 @@ def _eval(node: ast.AST, expr: str) -> float:
         return float(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _eval(node.left, expr), _eval(node.right, expr)
-        if isinstance(node.op, ast.Div) and right == 0:
+        if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
             raise UnsafeExpression(f"division by zero in {expr!r}")
         return _BINOPS[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
@@ -79,18 +83,45 @@ def _parse_number(text: str) -> float | None:
 
 def check_equations(step: str) -> list[EquationCheck]:
     """Every checkable equation in ``step``: calculator annotations first, then plain equations
-    outside them (GSM8K writes most equations both ways; each is checked once). An
-    unparseable expression counts as not ok."""
+    outside them (GSM8K writes most equations both ways; each is checked once).
+
+    Annotations are strict: one that does not parse counts as wrong. Plain text is ambiguous,
+    so a plain equation is skipped (not judged) when its left side may continue further left
+    ("60 students x 2/3 = 40", mixed numbers "3 1/2 - 2"), its right side continues
+    ("= 1/4", "= 5A/5"), or it does not parse ("27(1/3)=9").
+    """
     checks: dict[tuple[str, str], EquationCheck] = {}
-    found = _ANNOTATION.findall(step) + _EQUATION.findall(_ANNOTATION.sub(" ", step))
-    for expr, value in found:
-        key = (re.sub(r"\s+", "", expr), value.strip())
-        checks.setdefault(key, _check(expr, value))
+    for expr, value in _ANNOTATION.findall(step):
+        checks.setdefault(_key(expr, value), _check(expr, value))
+    plain = _normalise(_ANNOTATION.sub(" ", step))
+    for m in _EQUATION.finditer(plain):
+        if _ambiguous(plain, m):
+            continue
+        check = _check(m.group(1), m.group(2))
+        if check.computed is not None:
+            checks.setdefault(_key(m.group(1), m.group(2)), check)
     return list(checks.values())
+
+
+def _key(expr: str, value: str) -> tuple[str, str]:
+    return re.sub(r"\s+", "", expr), value.strip()
+
+
+def _ambiguous(text: str, m: re.Match[str]) -> bool:
+    before = text[:m.start()].rstrip()
+    after = text[m.end():]
+    if before and (before[-1] in "0123456789+-*/×÷().^" or re.search(r"(?:^|\s)x$", before)):
+        return True
+    return bool(re.match(r"\s*[-+\d/*×÷^(%]|[A-Za-z]|\s+x\s", after))
 
 
 def _check(expr: str, value: str) -> EquationCheck:
     written = _parse_number(value)
+    if written is None:  # annotations may write the value as an expression: <<3/4=3/4>>
+        try:
+            written = safe_eval(value)
+        except UnsafeExpression:
+            written = None
     try:
         computed = safe_eval(expr)
     except UnsafeExpression:
