@@ -71,19 +71,21 @@ def train_world(
 
 def _sample_with_progress(policy, problems, task, path: Path, n: int, temperature: float, seed: int,
                           max_new_tokens: int, label: str, id_suffix: str, batch_problems: int):
+    from stepforge.backends.base import GenerationCost
     from stepforge.sample import sample_to_file
 
+    cost = GenerationCost()
     with _progress() as bar:
         t = bar.add_task(label, total=len(problems), rate="")
-        start, tokens, samples = time.perf_counter(), 0, 0
+        start, samples = time.perf_counter(), 0
 
         def on_batch(batch) -> None:
-            nonlocal tokens, samples
-            tokens += batch.cost.generated_tokens
+            nonlocal cost, samples
+            cost = cost + batch.cost
             samples += len(batch.trajectories)
             dt = max(time.perf_counter() - start, 1e-9)
             bar.update(t, advance=len(batch.trajectories) // n,
-                       rate=f"{samples / dt:,.0f} samples/s {tokens / dt:,.0f} tok/s")
+                       rate=f"{samples / dt:,.0f} samples/s {cost.generated_tokens / dt:,.0f} tok/s")
 
         stats = sample_to_file(policy, problems, task, path, n=n, temperature=temperature, seed=seed,
                                max_new_tokens=max_new_tokens, batch_problems=batch_problems,
@@ -91,7 +93,7 @@ def _sample_with_progress(policy, problems, task, path: Path, n: int, temperatur
         bar.update(t, completed=len(problems))
     if stats.batches_skipped:
         console.print(f"resumed {path}: {stats.batches_skipped} batches were already done")
-    return stats
+    return cost
 
 
 def _report_table(title: str, report: dict) -> Table:
@@ -115,7 +117,7 @@ def _run_sampling_report(policy, problems, task, out: Path, n: int, temperature:
 
     out.mkdir(parents=True, exist_ok=True)
     samples_path, greedy_path = out / "trajectories.jsonl", out / "greedy.jsonl"
-    stats = _sample_with_progress(policy, problems, task, samples_path, n, temperature, seed,
+    cost = _sample_with_progress(policy, problems, task, samples_path, n, temperature, seed,
                                   max_new_tokens, f"sampling n={n}", "s", batch_problems)
     greedy_records = []
     if greedy:
@@ -124,7 +126,7 @@ def _run_sampling_report(policy, problems, task, out: Path, n: int, temperature:
         greedy_records = read_jsonl(greedy_path, Trajectory)
     report = sampling_report(problems, read_jsonl(samples_path, Trajectory), task, greedy_records)
     report.update({"backend": getattr(policy, "name", type(policy).__name__), "task": task.name, "n": n,
-                   "temperature": temperature, "seed": seed, "generation_cost_this_run": stats.cost.as_dict()})
+                   "temperature": temperature, "seed": seed, "generation_cost_this_run": cost.as_dict()})
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     return report
 

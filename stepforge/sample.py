@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from stepforge.backends.base import Completion, GenerationCost, Policy
-from stepforge.schema import Cost, Problem, Trajectory, read_jsonl, repair_jsonl_tail, write_jsonl
+from stepforge.jobs import Batch, JobStats, run_resumable
+from stepforge.schema import Cost, Problem, Trajectory
 from stepforge.tasks import Task
 
 
@@ -69,58 +69,29 @@ def sample_trajectories(policy: Policy, problems: Sequence[Problem], task: Task,
         yield SampleBatch(trajectories, result.cost)
 
 
-@dataclass
-class SampleRunStats:
-    problems: int
-    batches_run: int
-    batches_skipped: int
-    cost: GenerationCost
-
-
 def sample_to_file(policy: Policy, problems: Sequence[Problem], task: Task, path: str | Path, *, n: int,
                    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 256, batch_problems: int = 64,
-                   id_suffix: str = "s", on_batch: Callable[[SampleBatch], None] | None = None
-                   ) -> SampleRunStats:
+                   id_suffix: str = "s", on_batch: Callable[[SampleBatch], None] | None = None) -> JobStats:
     """Sample to a JSONL file, one fsync'd append per batch, resuming a previous run.
 
     Batches are fixed by ``batch_problems`` over ``problems`` and seeded by their index, so a
-    run interrupted at any point and restarted writes the same file as one uninterrupted run:
-    on restart, batches already complete in the file are skipped and a partly written batch
-    is dropped and redone.
+    run interrupted at any point and restarted writes the same file as one uninterrupted run
+    (see :mod:`stepforge.jobs`).
     """
-    path = Path(path)
-    batches = [list(problems[i:i + batch_problems]) for i in range(0, len(problems), batch_problems)]
-    done = _complete_batches(path, batches, n)
-    cost = GenerationCost()
-    run = 0
-    for b, chunk in enumerate(batches):
-        if b in done:
-            continue
-        batch = next(sample_trajectories(policy, chunk, task, n=n, temperature=temperature, seed=seed + b,
-                                         max_new_tokens=max_new_tokens, batch_problems=len(chunk),
-                                         id_suffix=id_suffix))
-        write_jsonl(path, batch.trajectories, append=True, fsync=True)
-        cost = cost + batch.cost
-        run += 1
-        if on_batch:
-            on_batch(batch)
-    return SampleRunStats(len(problems), run, len(done), cost)
+    batches = [Batch(b, chunk, [f"{p.id}/{id_suffix}{j}" for p in chunk for j in range(n)])
+               for b, chunk in enumerate(problems[i:i + batch_problems]
+                                         for i in range(0, len(problems), batch_problems))]
 
+    last: dict[int, SampleBatch] = {}
 
-def _complete_batches(path: Path, batches: list[list[Problem]], n: int) -> set[int]:
-    """Indices of batches fully present in ``path``; rewrites the file without any other records."""
-    if not path.exists():
-        return set()
-    repair_jsonl_tail(path)
-    existing = read_jsonl(path, Trajectory)
-    counts: dict[str, int] = {}
-    for t in existing:
-        counts[t.problem_id] = counts.get(t.problem_id, 0) + 1
-    done = {b for b, chunk in enumerate(batches) if all(counts.get(p.id, 0) == n for p in chunk)}
-    keep_ids = {p.id for b in done for p in batches[b]}
-    kept = [t for t in existing if t.problem_id in keep_ids]
-    if len(kept) != len(existing):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        write_jsonl(tmp, kept, fsync=True)
-        os.replace(tmp, path)
-    return done
+    def process(batch: Batch[Problem]) -> list[Trajectory]:
+        last[batch.index] = next(sample_trajectories(
+            policy, batch.items, task, n=n, temperature=temperature, seed=seed + batch.index,
+            max_new_tokens=max_new_tokens, batch_problems=len(batch.items), id_suffix=id_suffix))
+        return last[batch.index].trajectories
+
+    def written(batch: Batch[Problem], _records: list[Trajectory]) -> None:
+        if on_batch:  # called once the batch is on disk
+            on_batch(last.pop(batch.index))
+
+    return run_resumable(path, batches, Trajectory, process, id_of=lambda t: t.id, on_batch=written)
