@@ -214,6 +214,133 @@ def sample(
     _print_report(report, out)
 
 
+def _backend_options_policy(backend: str, model: str | None, base_url: str | None):
+    from stepforge.backends import make_policy
+
+    return make_policy(backend, model, base_url)
+
+
+def _problems_index(problems: str | None) -> dict | None:
+    if not problems:
+        return None
+    from stepforge.loaders import load_problems
+
+    return {p.id: p for p in load_problems(problems)}
+
+
+@app.command()
+def label(
+    input: Annotated[Path, typer.Option("--input", "-i", help="trajectories (JSONL or Parquet)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="labeled trajectories (JSONL, resumable)")],
+    method: Annotated[str, typer.Option(help="mc | binary | omegaprm | truth | judge")] = "mc",
+    k: Annotated[int, typer.Option(help="rollouts per prefix")] = 8,
+    hard: Annotated[bool, typer.Option(help="mc: store hard labels 1[c>0] instead of c/k")] = False,
+    early_stop: Annotated[bool, typer.Option(help="mc: stop at the first prefix with no correct rollout")] = False,
+    min_correct: Annotated[int, typer.Option(help="binary/omegaprm: correct rollouts to call a prefix good")] = 1,
+    task: Annotated[str, typer.Option(help="arith | gsm8k")] = "arith",
+    problems: Annotated[str | None, typer.Option(help="problems with answers (e.g. gsm8k:test)")] = None,
+    backend: Annotated[str, typer.Option(help="roll-out / judge backend")] = "world",
+    model: str | None = None,
+    base_url: str | None = None,
+    batch_size: Annotated[int, typer.Option(help="trajectories per batch (one fsync'd append each)")] = 64,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Label every step of a trajectory file; re-running resumes where it stopped."""
+    from stepforge.backends import BackendError
+    from stepforge.label.runner import LabelConfig, label_file
+    from stepforge.schema import RecordError
+    from stepforge.tasks import get_task
+
+    _quiet_hf(threads)
+    cfg = LabelConfig(method=method, k=k, hard=hard, early_stop=early_stop, min_correct=min_correct,  # type: ignore[arg-type]
+                      max_new_tokens=max_new_tokens, seed=seed)
+    try:
+        chosen = get_task(task)
+        policy = None if method == "truth" else _backend_options_policy(backend, model, base_url)
+        index = _problems_index(problems)
+        from stepforge.schema import Trajectory, read_records
+
+        total = len(read_records(input, Trajectory))
+        with _progress() as bar:
+            t = bar.add_task(f"labeling ({method})", total=total, rate="")
+            start, tokens, done = time.perf_counter(), 0, 0
+
+            def on_batch(batch, records) -> None:
+                nonlocal tokens, done
+                tokens += sum(r.cost.generated_tokens for r in records)
+                done += len(batch.items)
+                dt = max(time.perf_counter() - start, 1e-9)
+                bar.update(t, advance=len(batch.items), rate=f"{done / dt:,.1f} items/s {tokens / dt:,.0f} tok/s")
+
+            stats = label_file(input, out, chosen, cfg, policy, index, batch_size, on_batch)
+            bar.update(t, completed=total)
+    except (RecordError, FileNotFoundError, ValueError, BackendError) as err:
+        raise _fail(str(err)) from None
+    if stats.batches_skipped:
+        console.print(f"resumed: {stats.batches_skipped} batches were already labeled")
+    console.print(f"wrote [bold]{out}[/bold]")
+
+
+@app.command("label-consensus")
+def label_consensus(
+    primary: Annotated[Path, typer.Argument(help="labels to keep (e.g. MC)")],
+    other: Annotated[Path, typer.Argument(help="labels to agree with (e.g. judge)")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+) -> None:
+    """Keep trajectories whose first error agrees between two label sources."""
+    from stepforge.label.quality import consensus
+    from stepforge.schema import RecordError, Trajectory, read_records, write_jsonl
+
+    try:
+        result = consensus(read_records(primary, Trajectory), read_records(other, Trajectory))
+    except (RecordError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    write_jsonl(out, result.kept)
+    r = result.report
+    console.print(f"kept {r['kept']} of {r['compared']} compared ({r['kept_share']:.1%}); wrote {out}")
+
+
+@app.command("label-report")
+def label_report(
+    labeled: Annotated[list[Path], typer.Argument(help="labeled trajectory files")],
+    truth: Annotated[Path | None, typer.Option(help="ground-truth labels (default: the task's exact checker)")] = None,
+    task: str = "arith",
+    out: Annotated[Path | None, typer.Option(help="also write the report as JSON")] = None,
+) -> None:
+    """Label quality per source against ground truth: first-error accuracy, bad-step P/R, cost."""
+    from stepforge.label.methods import label_truth, problem_of
+    from stepforge.label.quality import label_quality
+    from stepforge.schema import RecordError, Trajectory, read_records
+    from stepforge.tasks import get_task
+
+    try:
+        chosen = get_task(task)
+        sources = {str(p): read_records(p, Trajectory) for p in labeled}
+        if truth is not None:
+            gold = read_records(truth, Trajectory)
+        else:
+            if not chosen.truth_is_exact:
+                raise ValueError(f"task {task!r} has no exact checker; pass --truth")
+            first = next(iter(sources.values()))
+            gold = label_truth(first, [problem_of(t, chosen, None) for t in first], chosen)
+    except (RecordError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    reports = {name: label_quality(recs, gold) for name, recs in sources.items()}
+    table = Table(title="label quality vs ground truth")
+    cols = {"source": "source", "trajectories": "n", "first_error_accuracy": "first-error acc",
+            "bad_step_precision": "bad P", "bad_step_recall": "bad R", "step_agreement": "step agree",
+            "tokens_per_trajectory": "tokens/traj", "rollouts_per_trajectory": "rollouts/traj"}
+    for c in ["file", *cols.values()]:
+        table.add_column(c, justify="right")
+    for name, r in reports.items():
+        table.add_row(Path(name).name, *[str(r[c]) if r[c] is not None else "-" for c in cols])
+    console.print(table)
+    if out:
+        out.write_text(json.dumps(reports, indent=2))
+
+
 @app.command()
 def serve(
     backend: str = "world",

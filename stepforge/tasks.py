@@ -5,7 +5,8 @@ step checker giving ground-truth first errors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stepforge.schema import Problem
@@ -26,6 +27,7 @@ class Task:
     solution_stop: tuple[str, ...] = ()  # stop strings that end a whole solution (besides EOS)
     first_error: Callable[[Problem, list[str]], int | None] | None = None
     truth_is_exact: bool = False  # first_error is ground truth (not a lower bound)
+    is_final_step: Callable[[str], bool] = lambda step: False  # the step that states the answer
 
     def __post_init__(self) -> None:
         get_segmenter(self.segmenter)  # fail at construction on an unknown segmenter
@@ -35,6 +37,13 @@ class Task:
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answers_match(problem.answer, answer, self.answer_mode)
+
+    def prefix_prompt(self, problem: Problem, steps: Sequence[str]) -> str:
+        """Prompt that continues after ``steps`` (the state p_t of DESIGN.md §4)."""
+        return self.build_prompt(problem) + "".join(s + self.step_stop for s in steps)
+
+    def solution_correct(self, problem: Problem, steps: Sequence[str]) -> bool:
+        return self.is_correct(problem, self.extract_answer(self.step_stop.join(steps)))
 
 
 def _arith_first_error(problem: Problem, steps: list[str]) -> int | None:
@@ -48,6 +57,7 @@ ARITH = Task(
     answer_mode="exact",
     first_error=_arith_first_error,
     truth_is_exact=True,
+    is_final_step=lambda step: step.startswith(arith.ANSWER_PREFIX),
 )
 
 GSM8K_FEWSHOT = (
@@ -57,6 +67,9 @@ GSM8K_FEWSHOT = (
     "Natalia sold 48+24 = 72 clips altogether in April and May.\n"
     "The answer is 72.\n\n"
 )
+
+
+_FINAL_STEP = re.compile(r"####|\\boxed|answer is|^\s*(?:Answer|A)\s*:", re.IGNORECASE)
 
 
 def _gsm8k_first_error(problem: Problem, steps: list[str]) -> int | None:
@@ -70,6 +83,7 @@ GSM8K = Task(
     answer_mode="math",
     solution_stop=("\n\n", "\nQuestion:"),
     first_error=_gsm8k_first_error,  # arithmetic errors only: a lower bound on real errors
+    is_final_step=lambda step: extract_answer(step) is not None and bool(_FINAL_STEP.search(step)),
 )
 
 TASKS: dict[str, Task] = {"arith": ARITH, "gsm8k": GSM8K}

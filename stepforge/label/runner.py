@@ -1,0 +1,77 @@
+"""Label a trajectory file, batch by batch, resumably (see :mod:`stepforge.jobs`).
+
+Batch b is labeled with seed ``seed + b`` by a fresh estimator, so a run killed at any point
+(even SIGKILL mid-write) and restarted produces the same file as an uninterrupted run, with
+no duplicate ids. OmegaPRM's rollout tree lives per batch: keep a problem's samples
+together (files written by ``stepforge sample`` already are) so they share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from stepforge.backends.base import Policy
+from stepforge.jobs import Batch, JobStats, run_resumable
+from stepforge.label.judge import label_judge
+from stepforge.label.methods import label_binary, label_mc, label_truth, problem_of
+from stepforge.label.rollouts import RolloutEstimator
+from stepforge.schema import Problem, RecordError, Trajectory, read_records
+from stepforge.tasks import Task
+
+Method = Literal["mc", "binary", "omegaprm", "truth", "judge"]
+METHODS: tuple[str, ...] = ("mc", "binary", "omegaprm", "truth", "judge")
+
+
+@dataclass
+class LabelConfig:
+    method: Method
+    k: int = 8
+    hard: bool = False
+    early_stop: bool = False
+    min_correct: int = 1
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+def label_batch(trajectories: Sequence[Trajectory], problems: Sequence[Problem], task: Task, cfg: LabelConfig,
+                policy: Policy | None, seed: int) -> list[Trajectory]:
+    """Label one batch with ``cfg.method`` (``policy`` rolls out, or judges for "judge")."""
+    if cfg.method == "truth":
+        return label_truth(trajectories, problems, task)
+    if policy is None:
+        raise ValueError(f"method {cfg.method!r} needs a backend")
+    if cfg.method == "judge":
+        return label_judge(trajectories, policy, seed=seed)
+    est = RolloutEstimator(policy, task, cfg.k, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                           reuse=cfg.method == "omegaprm")
+    if cfg.method == "mc":
+        return label_mc(trajectories, problems, est, hard=cfg.hard, early_stop=cfg.early_stop)
+    if cfg.method in ("binary", "omegaprm"):
+        return label_binary(trajectories, problems, est, min_correct=cfg.min_correct)
+    raise ValueError(f"unknown label method {cfg.method!r}; choose from {', '.join(METHODS)}")
+
+
+def label_file(input_path: str | Path, out_path: str | Path, task: Task, cfg: LabelConfig,
+               policy: Policy | None = None, problems: Mapping[str, Problem] | None = None,
+               batch_size: int = 64,
+               on_batch: Callable[[Batch[Trajectory], list[Trajectory]], None] | None = None) -> JobStats:
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown label method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    trajectories = read_records(input_path, Trajectory)
+    seen: set[str] = set()
+    for t in trajectories:
+        if t.id in seen:
+            raise RecordError(f"{input_path}: duplicate trajectory id {t.id!r}")
+        seen.add(t.id)
+    resolved = {t.id: problem_of(t, task, problems) for t in trajectories}  # fail before any work
+    batches = [Batch(b, chunk, [t.id for t in chunk]) for b, chunk in
+               enumerate(trajectories[i:i + batch_size] for i in range(0, len(trajectories), batch_size))]
+
+    def process(batch: Batch[Trajectory]) -> list[Trajectory]:
+        return label_batch(batch.items, [resolved[t.id] for t in batch.items], task, cfg, policy,
+                           seed=cfg.seed + batch.index)
+
+    return run_resumable(out_path, batches, Trajectory, process, id_of=lambda t: t.id, on_batch=on_batch)
