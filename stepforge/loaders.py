@@ -93,6 +93,27 @@ def reference_trajectories(problems: list[Problem]) -> list[Trajectory]:
     return out
 
 
+def load_gsm8k_model_solutions(path: str | None = None, limit: int | None = None) -> list[Trajectory]:
+    """GSM8K's ``example_model_solutions.jsonl``: real solutions by older models, with an
+    ``is_correct`` flag, as unlabeled trajectories (problem ids match ``load_gsm8k("test")``);
+    ``limit`` counts questions."""
+    source = Path(path) if path else find_data_file("gsm8k/example_model_solutions.jsonl")
+    out: list[Trajectory] = []
+    for lineno, row in _iter_jsonl_dicts(source):
+        pid = f"gsm8k-test-{lineno - 1}"
+        for key, sol in row.items():
+            if not (isinstance(sol, dict) and isinstance(sol.get("solution"), str)):
+                continue
+            steps = [s.strip() for s in sol["solution"].splitlines() if s.strip()]
+            answer = steps[-1].split(":", 1)[1].strip() if steps and steps[-1].startswith("A:") else None
+            out.append(Trajectory(id=f"{pid}/{key}", problem_id=pid, question=row["question"], steps=steps,
+                                  final_answer=answer, correct=bool(sol.get("is_correct")),
+                                  meta={"generator": key, "source": source.name}))
+        if limit is not None and lineno >= limit:
+            break
+    return out
+
+
 def load_problems(source: str, fields: Mapping[str, str] | None = None, id_prefix: str | None = None,
                   limit: int | None = None, split: str = "train") -> list[Problem]:
     """Problems from JSONL, Parquet, or a saved HF dataset dir, mapping its field names.

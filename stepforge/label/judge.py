@@ -12,7 +12,8 @@ from stepforge.sample import truth_labels
 from stepforge.schema import Trajectory
 
 JUDGE_PROMPT = """The following is a math problem and a solution split into numbered steps.
-Find the earliest step that contains an error. Reply with its index in \\boxed{{}}, or \\boxed{{-1}} if every step is correct.
+Find the earliest step that contains an error. Reply with its index in \\boxed{{}},
+or \\boxed{{-1}} if every step is correct.
 
 Problem: {question}
 

@@ -1,0 +1,43 @@
+"""A deterministic stand-in policy for the arithmetic world, for pinning label values exactly.
+
+From a prefix whose steps are all right, the first ``good`` of every n samples finish the
+chain correctly and the rest finish it with a wrong last operation; from a prefix with a
+wrong step every sample continues consistently from the wrong value (so it ends wrong).
+"""
+
+from stepforge.backends.base import Completion, GenerationCost, GenerationResult
+from stepforge.worlds.arith.problems import TAGS, apply_op, first_error, parse_question
+
+
+class ScriptedArithPolicy:
+    name = "scripted"
+
+    def __init__(self, good: int) -> None:
+        self.good = good
+        self.calls = 0
+        self.rollouts = 0
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
+        self.calls += 1
+        rows = []
+        for prompt in prompts:
+            question, *done = prompt.rstrip("\n").split("\n")
+            problem = parse_question(question)
+            ok_prefix = first_error(question, done) is None
+            value = problem.values[len(done) - 1] if done else problem.start
+            if not ok_prefix:
+                value = int(done[-1].split("=")[1])  # continue from the wrong running value
+            row = []
+            for j in range(n):
+                v, lines = value, []
+                for i in range(len(done), len(problem.ops)):
+                    op, k = problem.ops[i]
+                    v = apply_op(v, op, k)
+                    if ok_prefix and j >= self.good and i == len(problem.ops) - 1:
+                        v += 1  # a wrong last step
+                    lines.append(f"{TAGS[i]}{op}{k}={v}")
+                text = "\n".join([*lines, f"Answer: {v}"])
+                row.append(Completion(text, len(text), "stop"))
+            self.rollouts += n
+            rows.append(row)
+        return GenerationResult(rows, GenerationCost(0, sum(c.tokens for r in rows for c in r), len(prompts)))
