@@ -237,6 +237,8 @@ def label(
     hard: Annotated[bool, typer.Option(help="mc: store hard labels 1[c>0] instead of c/k")] = False,
     early_stop: Annotated[bool, typer.Option(help="mc: stop at the first prefix with no correct rollout")] = False,
     min_correct: Annotated[int, typer.Option(help="binary/omegaprm: correct rollouts to call a prefix good")] = 1,
+    searches: Annotated[int, typer.Option(help="omegaprm: extra Q+U-selected tree searches per batch")] = 0,
+    balance: Annotated[bool, typer.Option(help="omegaprm: keep extras only while good/bad labels balance")] = False,
     task: Annotated[str, typer.Option(help="arith | gsm8k")] = "arith",
     problems: Annotated[str | None, typer.Option(help="problems with answers (e.g. gsm8k:test)")] = None,
     backend: Annotated[str, typer.Option(help="roll-out / judge backend")] = "world",
@@ -255,7 +257,7 @@ def label(
 
     _quiet_hf(threads)
     cfg = LabelConfig(method=method, k=k, hard=hard, early_stop=early_stop, min_correct=min_correct,  # type: ignore[arg-type]
-                      max_new_tokens=max_new_tokens, seed=seed)
+                      max_new_tokens=max_new_tokens, seed=seed, searches=searches, balance=balance)
     try:
         chosen = get_task(task)
         policy = None if method == "truth" else _backend_options_policy(backend, model, base_url)

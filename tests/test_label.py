@@ -227,3 +227,38 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, world_policy
     assert part.read_text() == whole.read_text()
     ids = [json.loads(line)["id"] for line in part.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == len(trajs)
+
+
+def test_qu_score_by_hand():
+    from stepforge.label.omegaprm import OmegaConfig, qu_score
+
+    cfg = OmegaConfig()
+    # Q = 0.5^(1-0.5) * 0.9^(50/500); U = 0.125 * sqrt(16) / (1 + 1)
+    assert qu_score(0.5, 50, 1, 16, cfg) == pytest.approx(0.5 ** 0.5 * 0.9 ** 0.1 + 0.25)
+    assert qu_score(0.9, 10, 0, 4, cfg) > qu_score(0.2, 10, 0, 4, cfg)  # likelier-good states first
+    assert qu_score(0.5, 10, 0, 4, cfg) > qu_score(0.5, 400, 0, 4, cfg)  # shorter wrong rollouts first
+    assert qu_score(0.5, 10, 0, 4, cfg) > qu_score(0.5, 10, 3, 4, cfg)  # less-visited states first
+
+
+def test_omegaprm_tree_search_labels_new_rollouts_exactly():
+    from stepforge.label.omegaprm import OmegaConfig, search_tree
+    from stepforge.worlds.arith.problems import first_error
+
+    t = trajectory(P8, wrong_at=6)
+    est = RolloutEstimator(ScriptedArithPolicy(good=2), ARITH, k=4, reuse=True)
+    [base] = label_binary([t], problem_list([t]), est)
+    extra = search_tree(est, OmegaConfig(searches=5, parallel=2), id_prefix="omega0", existing=[base])
+    assert 0 < len(extra) <= 5 and len({x.id for x in extra}) == len(extra)
+    for x in extra:  # scripted wrong rollouts err in their last operation; the search must find it
+        assert x.first_error == first_error(P8.question, x.steps) == len(P8.ops) - 1
+        assert x.first_error >= x.meta["omegaprm_state_steps"] and x.label_source == "omegaprm"
+        assert x.id.startswith("p8/omega0-")
+
+
+def test_balance_keeps_extras_that_narrow_the_gap():
+    from stepforge.label.omegaprm import balance
+
+    bad_heavy = [Trajectory(id="a", problem_id="p", question="q", steps=["s"] * 4, step_labels=[0.0] * 4)]
+    good_extra = Trajectory(id="b", problem_id="p", question="q", steps=["s"] * 3, step_labels=[1.0, 1.0, 0.0])
+    bad_extra = Trajectory(id="c", problem_id="p", question="q", steps=["s"] * 2, step_labels=[0.0, 0.0])
+    assert [t.id for t in balance(bad_heavy, [bad_extra, good_extra])] == ["b"]

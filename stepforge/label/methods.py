@@ -86,42 +86,55 @@ def label_binary(trajectories: Sequence[Trajectory], problems: Sequence[Problem]
     to ``meta.mc_probes``. Correct trajectories are labeled all 1 without rollouts. About
     k·log2(T) rollouts per wrong trajectory instead of k·T.
 
-    With ``est.reuse`` this is OmegaPRM's search over its rollout tree: the batch's own
-    samples seed the tree, a probe stops sampling once a correct continuation is known, and
-    rollouts answer later probes of the prefixes they pass through.
+    With ``est.reuse`` this is OmegaPRM's search over its rollout tree: the batch's correct
+    samples prove their prefixes good, a probe stops sampling once a correct continuation is
+    known, and rollouts answer later probes of the prefixes they pass through.
 
     ``min_correct`` > 1 asks for that many correct rollouts before calling a prefix positive
     (the paper's rule is MC > 0, i.e. 1), guarding against compensating errors.
     """
-    spent: list[list[Estimate]] = [[] for _ in trajectories]
-    probes: list[dict[int, float]] = [{} for _ in trajectories]
-    bounds: dict[int, list[int]] = {}
-    for i, t in enumerate(trajectories):
+    for p, t in zip(problems, trajectories, strict=True):
         if est.reuse and t.correct:
-            est.prove(problems[i], t.steps)
-        if not t.correct and t.steps:
-            bounds[i] = [1, len(t.steps)]
-    while True:
-        active = [i for i, (lo, hi) in bounds.items() if lo < hi]
-        if not active:
-            break
-        mids = {i: (bounds[i][0] + bounds[i][1]) // 2 for i in active}
-        ests = est.estimate([Query(problems[i], tuple(trajectories[i].steps[:mids[i]])) for i in active],
-                            stop_when_positive=est.reuse and min_correct == 1)
-        for i, e in zip(active, ests, strict=True):
-            spent[i].append(e)
-            probes[i][mids[i]] = round(e.value, 6)
-            if e.correct >= min_correct:
-                bounds[i][0] = mids[i] + 1
-            else:
-                bounds[i][1] = mids[i]
+            est.prove(p, t.steps)
+    wrong = {i: (1, len(t.steps)) for i, t in enumerate(trajectories) if not t.correct and t.steps}
+    found = binary_search(est, [(problems[i], trajectories[i].steps, lo, hi) for i, (lo, hi) in wrong.items()],
+                          min_correct)
+    results = dict(zip(wrong, found, strict=True))
     out = []
     for i, t in enumerate(trajectories):
-        first = bounds[i][0] - 1 if i in bounds else None
+        first, spent, probes = results.get(i, (None, [], {}))
         source: LabelSource = "omegaprm" if est.reuse else "binary"
-        out.append(_labeled(t, truth_labels(len(t.steps), first), first, source, spent[i],
-                            {"mc_probes": {str(m): v for m, v in sorted(probes[i].items())}, "mc_k": est.k}))
+        out.append(_labeled(t, truth_labels(len(t.steps), first), first, source, spent,
+                            {"mc_probes": {str(m): v for m, v in sorted(probes.items())}, "mc_k": est.k}))
     return out
+
+
+SearchResult = tuple[int, list[Estimate], dict[int, float]]
+
+
+def binary_search(est: RolloutEstimator, searches: Sequence[tuple[Problem, Sequence[str], int, int]],
+                  min_correct: int = 1) -> list[SearchResult]:
+    """Lockstep binary searches. Each search is (problem, steps, lo, hi) with 1-based prefix
+    lengths: p_{lo-1} is known good and p_hi known bad. Returns the 0-based first error, the
+    estimates spent and the MC value of each probed prefix length."""
+    bounds = [[lo, hi] for _, _, lo, hi in searches]
+    spent: list[list[Estimate]] = [[] for _ in searches]
+    probes: list[dict[int, float]] = [{} for _ in searches]
+    while True:
+        active = [j for j, (lo, hi) in enumerate(bounds) if lo < hi]
+        if not active:
+            break
+        mids = {j: (bounds[j][0] + bounds[j][1]) // 2 for j in active}
+        ests = est.estimate([Query(searches[j][0], tuple(searches[j][1][:mids[j]])) for j in active],
+                            stop_when_positive=est.reuse and min_correct == 1)
+        for j, e in zip(active, ests, strict=True):
+            spent[j].append(e)
+            probes[j][mids[j]] = round(e.value, 6)
+            if e.correct >= min_correct:
+                bounds[j][0] = mids[j] + 1
+            else:
+                bounds[j][1] = mids[j]
+    return [(bounds[j][0] - 1, spent[j], probes[j]) for j in range(len(searches))]
 
 
 def label_truth(trajectories: Sequence[Trajectory], problems: Sequence[Problem], task: Task) -> list[Trajectory]:

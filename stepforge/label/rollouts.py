@@ -47,6 +47,17 @@ class Query:
     steps: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled continuation ``steps`` from ``state`` (kept by the tree for OmegaPRM)."""
+
+    problem: Problem
+    state: tuple[str, ...]
+    steps: tuple[str, ...]
+    correct: bool
+    length: int  # generated tokens
+
+
 class RolloutEstimator:
     def __init__(self, policy: Policy, task: Task, k: int, *, max_new_tokens: int = 256, seed: int = 0,
                  reuse: bool = False, temperature: float = 1.0) -> None:
@@ -56,6 +67,7 @@ class RolloutEstimator:
         self.max_new_tokens, self.seed, self.reuse, self.temperature = max_new_tokens, seed, reuse, temperature
         self.tree: dict[PrefixKey, PrefixStats] = {}
         self.proven: set[PrefixKey] = set()  # prefixes with a known correct continuation
+        self.rollouts: list[Rollout] = []  # with reuse: every rollout, for OmegaPRM's selection
         self.calls = 0
 
     def observe(self, problem: Problem, steps: Sequence[str], correct: bool, start: int = 0) -> None:
@@ -121,6 +133,7 @@ class RolloutEstimator:
                     ok = self.task.solution_correct(q.problem, full)
                     correct += int(ok)
                     if self.reuse:
+                        self.rollouts.append(Rollout(q.problem, q.steps, tuple(full[len(q.steps):]), ok, c.tokens))
                         self.observe(q.problem, full, ok, start=len(q.steps))
                         if ok:
                             self.prove(q.problem, full)

@@ -17,6 +17,7 @@ from stepforge.backends.base import Policy
 from stepforge.jobs import Batch, JobStats, run_resumable
 from stepforge.label.judge import label_judge
 from stepforge.label.methods import label_binary, label_mc, label_truth, problem_of
+from stepforge.label.omegaprm import OmegaConfig, search_tree
 from stepforge.label.rollouts import RolloutEstimator
 from stepforge.schema import Problem, RecordError, Trajectory, read_records
 from stepforge.tasks import Task
@@ -34,6 +35,8 @@ class LabelConfig:
     min_correct: int = 1
     max_new_tokens: int = 256
     seed: int = 0
+    searches: int = 0  # omegaprm: extra Q+U-selected (state, rollout) searches per batch
+    balance: bool = False  # omegaprm: keep extras only while they balance good/bad step labels
 
 
 def label_batch(trajectories: Sequence[Trajectory], problems: Sequence[Problem], task: Task, cfg: LabelConfig,
@@ -50,7 +53,11 @@ def label_batch(trajectories: Sequence[Trajectory], problems: Sequence[Problem],
     if cfg.method == "mc":
         return label_mc(trajectories, problems, est, hard=cfg.hard, early_stop=cfg.early_stop)
     if cfg.method in ("binary", "omegaprm"):
-        return label_binary(trajectories, problems, est, min_correct=cfg.min_correct)
+        labeled = label_binary(trajectories, problems, est, min_correct=cfg.min_correct)
+        if cfg.method == "omegaprm" and cfg.searches:
+            omega = OmegaConfig(searches=cfg.searches, balance=cfg.balance)
+            labeled += search_tree(est, omega, id_prefix=f"omega{seed}", existing=labeled)
+        return labeled
     raise ValueError(f"unknown label method {cfg.method!r}; choose from {', '.join(METHODS)}")
 
 
