@@ -246,10 +246,13 @@ def label(
     base_url: str | None = None,
     batch_size: Annotated[int, typer.Option(help="trajectories per batch (one fsync'd append each)")] = 64,
     max_new_tokens: int = 256,
+    workers: Annotated[int, typer.Option(help="Ray workers (extra stepforge[ray]); 1 = in process")] = 1,
     seed: int = 0,
     threads: Threads = 1,
 ) -> None:
     """Label every step of a trajectory file; re-running resumes where it stopped."""
+    import functools
+
     from stepforge.backends import BackendError
     from stepforge.label.runner import LabelConfig, label_file
     from stepforge.schema import RecordError
@@ -276,7 +279,9 @@ def label(
                 dt = max(time.perf_counter() - start, 1e-9)
                 bar.update(t, advance=len(batch.items), rate=f"{done / dt:,.1f} items/s {tokens / dt:,.0f} tok/s")
 
-            stats = label_file(input, out, chosen, cfg, policy, index, batch_size, on_batch)
+            factory = functools.partial(_backend_options_policy, backend, model, base_url)
+            stats = label_file(input, out, chosen, cfg, policy, index, batch_size, on_batch,
+                               workers=workers, policy_factory=factory)
             bar.update(t, completed=total)
     except (RecordError, FileNotFoundError, ValueError, BackendError) as err:
         raise _fail(str(err)) from None

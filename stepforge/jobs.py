@@ -10,7 +10,7 @@ the same file as an uninterrupted one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -38,15 +38,19 @@ class Batch(Generic[Item]):
 
 def run_resumable(path: str | Path, batches: Sequence[Batch[Item]], record_type: type[Rec],
                   process: Callable[[Batch[Item]], list[Rec]], id_of: Callable[[Rec], str],
-                  on_batch: Callable[[Batch[Item], list[Rec]], None] | None = None) -> JobStats:
-    """Run ``process`` on each batch not already complete in ``path``, appending its records."""
+                  on_batch: Callable[[Batch[Item], list[Rec]], None] | None = None,
+                  process_many: Callable[[Sequence[Batch[Item]]], Iterable[list[Rec]]] | None = None) -> JobStats:
+    """Run ``process`` on each batch not already complete in ``path``, appending its records.
+
+    ``process_many`` (e.g. a Ray fan-out) may replace the serial loop: it gets the pending
+    batches and must yield their records in the same order, so the file is the serial one.
+    """
     path = Path(path)
     done = _complete_batches(path, batches, record_type, id_of)
+    pending = [b for b in batches if b.index not in done]
+    results = process_many(pending) if process_many else (process(b) for b in pending)
     run = 0
-    for batch in batches:
-        if batch.index in done:
-            continue
-        records = process(batch)
+    for batch, records in zip(pending, results, strict=True):
         write_jsonl(path, records, append=True, fsync=True)
         run += 1
         if on_batch:

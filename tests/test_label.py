@@ -262,3 +262,24 @@ def test_balance_keeps_extras_that_narrow_the_gap():
     good_extra = Trajectory(id="b", problem_id="p", question="q", steps=["s"] * 3, step_labels=[1.0, 1.0, 0.0])
     bad_extra = Trajectory(id="c", problem_id="p", question="q", steps=["s"] * 2, step_labels=[0.0, 0.0])
     assert [t.id for t in balance(bad_heavy, [bad_extra, good_extra])] == ["b"]
+
+
+@pytest.mark.slow
+def test_ray_fan_out_writes_the_serial_file(tmp_path, world_policy):
+    import functools
+
+    pytest.importorskip("ray")
+    from stepforge.backends import make_policy
+    from stepforge.sample import sample_trajectories
+    from stepforge.worlds.arith.problems import generate_problems
+
+    trajs = [t for b in sample_trajectories(world_policy, generate_problems(6, seed=2), ARITH, n=4,
+                                            max_new_tokens=80) for t in b.trajectories]
+    src = tmp_path / "in.jsonl"
+    write_jsonl(src, trajs)
+    cfg = LabelConfig(method="omegaprm", k=4, seed=5, searches=2)
+    label_file(src, tmp_path / "serial.jsonl", ARITH, cfg, world_policy, batch_size=4)
+    stats = label_file(src, tmp_path / "ray.jsonl", ARITH, cfg, batch_size=4, workers=2,
+                       policy_factory=functools.partial(make_policy, "world"))
+    assert stats.batches_run == 6
+    assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "serial.jsonl").read_text()

@@ -8,7 +8,7 @@ together (files written by ``stepforge sample`` already are) so they share it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,7 +64,12 @@ def label_batch(trajectories: Sequence[Trajectory], problems: Sequence[Problem],
 def label_file(input_path: str | Path, out_path: str | Path, task: Task, cfg: LabelConfig,
                policy: Policy | None = None, problems: Mapping[str, Problem] | None = None,
                batch_size: int = 64,
-               on_batch: Callable[[Batch[Trajectory], list[Trajectory]], None] | None = None) -> JobStats:
+               on_batch: Callable[[Batch[Trajectory], list[Trajectory]], None] | None = None,
+               workers: int = 1, policy_factory: Callable[[], Policy] | None = None) -> JobStats:
+    """Label ``input_path`` into ``out_path``. With ``workers > 1`` batches are labeled by Ray
+    tasks (extra ``stepforge[ray]``; a local Ray instance, or the cluster at $RAY_ADDRESS),
+    each building its own backend with the picklable ``policy_factory``; records are written
+    in batch order, so the file equals the serial run's for the same seed."""
     if cfg.method not in METHODS:
         raise ValueError(f"unknown label method {cfg.method!r}; choose from {', '.join(METHODS)}")
     trajectories = read_records(input_path, Trajectory)
@@ -81,4 +86,59 @@ def label_file(input_path: str | Path, out_path: str | Path, task: Task, cfg: La
         return label_batch(batch.items, [resolved[t.id] for t in batch.items], task, cfg, policy,
                            seed=cfg.seed + batch.index)
 
-    return run_resumable(out_path, batches, Trajectory, process, id_of=lambda t: t.id, on_batch=on_batch)
+    many = None
+    if workers > 1:
+        if policy_factory is None and cfg.method != "truth":
+            raise ValueError("workers > 1 needs a policy_factory (each Ray worker builds its own backend)")
+
+        def many(pending: Sequence[Batch[Trajectory]]) -> Iterator[list[Trajectory]]:
+            jobs = [(b.items, [resolved[t.id] for t in b.items], cfg.seed + b.index) for b in pending]
+            yield from _ray_map(jobs, task.name, cfg, policy_factory, workers)
+
+    return run_resumable(out_path, batches, Trajectory, process, id_of=lambda t: t.id, on_batch=on_batch,
+                         process_many=many)
+
+
+_WORKER_POLICY: dict[str, Policy] = {}
+
+
+def _label_in_worker(items, problems, task_name, cfg, factory, seed):  # runs inside a Ray worker
+    import torch
+
+    from stepforge.tasks import get_task
+
+    torch.set_num_threads(1)
+    key = repr(factory)  # e.g. functools.partial(make_policy, 'world', None, None): one backend per worker
+    if factory is not None and key not in _WORKER_POLICY:
+        _WORKER_POLICY[key] = factory()
+    return label_batch(items, problems, get_task(task_name), cfg, _WORKER_POLICY.get(key), seed)
+
+
+def _ray_map(jobs, task_name: str, cfg: LabelConfig, factory, workers: int) -> Iterator[list[Trajectory]]:
+    """Run jobs as Ray tasks, at most 2 per worker in flight, yielding results in job order."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ValueError("--workers needs the optional extra: pip install 'stepforge[ray]'") from err
+    started = not ray.is_initialized()
+    if started:
+        import os
+
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"])
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(_label_in_worker)
+        factory_ref = ray.put(factory)
+        refs: dict[int, object] = {}
+        nxt = 0
+        for i in range(len(jobs)):
+            while nxt < len(jobs) and nxt < i + 2 * workers:
+                items, probs, seed = jobs[nxt]
+                refs[nxt] = remote.remote(items, probs, task_name, cfg, factory_ref, seed)
+                nxt += 1
+            yield ray.get(refs.pop(i))
+    finally:
+        if started:
+            ray.shutdown()
