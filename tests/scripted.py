@@ -5,7 +5,10 @@ chain correctly and the rest finish it with a wrong last operation; from a prefi
 wrong step every sample continues consistently from the wrong value (so it ends wrong).
 """
 
+import json
+
 from stepforge.backends.base import Completion, GenerationCost, GenerationResult
+from stepforge.backends.server import CompletionsHandler, PolicyServer, serve_in_thread
 from stepforge.worlds.arith.problems import TAGS, apply_op, first_error, parse_question
 
 
@@ -41,3 +44,27 @@ class ScriptedArithPolicy:
             self.rollouts += n
             rows.append(row)
         return GenerationResult(rows, GenerationCost(0, sum(c.tokens for r in rows for c in r), len(prompts)))
+
+
+def flaky_server(policy, failures: int, status: int = 503, body: bytes | None = None):
+    """A real PolicyServer on 127.0.0.1 whose first ``failures`` POSTs answer ``status`` (or 200
+    with ``body``); returns the server and a dict counting POST attempts."""
+    attempts = {"n": 0}
+
+    class Flaky(CompletionsHandler):
+        def do_POST(self):
+            attempts["n"] += 1
+            if attempts["n"] <= failures:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                data = body if body is not None else json.dumps({"error": {"message": "overloaded"}}).encode()
+                self.send_response(status if body is None else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            super().do_POST()
+
+    srv = PolicyServer(policy, handler=Flaky)
+    serve_in_thread(srv)
+    return srv, attempts

@@ -3,11 +3,12 @@ import socket
 
 import pytest
 import torch
+from scripted import flaky_server
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from stepforge.backends import BackendError, make_policy
 from stepforge.backends.openai_backend import OpenAIPolicy
-from stepforge.backends.server import CompletionsHandler, PolicyServer, serve_in_thread
+from stepforge.backends.server import PolicyServer, serve_in_thread
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.worlds.arith.tokenizer import build_tokenizer
 
@@ -106,30 +107,8 @@ def test_openai_backend_splits_requests_and_keeps_order(server, world_policy):
     assert res.texts() == local.texts()
 
 
-def _flaky_server(world_policy, failures: int, status: int = 503, body: bytes | None = None):
-    attempts = {"n": 0}
-
-    class Flaky(CompletionsHandler):
-        def do_POST(self):
-            attempts["n"] += 1
-            if attempts["n"] <= failures:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                data = body if body is not None else json.dumps({"error": {"message": "overloaded"}}).encode()
-                self.send_response(status if body is None else 200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return
-            super().do_POST()
-
-    srv = PolicyServer(world_policy, handler=Flaky)
-    serve_in_thread(srv)
-    return srv, attempts
-
-
 def test_retries_5xx_then_succeeds(world_policy):
-    srv, attempts = _flaky_server(world_policy, failures=2)
+    srv, attempts = flaky_server(world_policy, failures=2)
     try:
         res = OpenAIPolicy(srv.base_url, "m", max_retries=3).generate(PROMPTS[:1], n=2, max_new_tokens=20, seed=0)
         assert attempts["n"] == 3 and len(res.completions[0]) == 2
@@ -139,7 +118,7 @@ def test_retries_5xx_then_succeeds(world_policy):
 
 
 def test_persistent_5xx_gives_clear_error(world_policy):
-    srv, attempts = _flaky_server(world_policy, failures=100, status=500)
+    srv, attempts = flaky_server(world_policy, failures=100, status=500)
     try:
         with pytest.raises(BackendError, match=r"HTTP 500 after 2 attempts"):
             OpenAIPolicy(srv.base_url, "m", max_retries=1).generate(PROMPTS[:1], max_new_tokens=5)
@@ -150,7 +129,7 @@ def test_persistent_5xx_gives_clear_error(world_policy):
 
 
 def test_garbage_reply_gives_clear_error(world_policy):
-    srv, _ = _flaky_server(world_policy, failures=100, body=b'{"choices": "not a list"}')
+    srv, _ = flaky_server(world_policy, failures=100, body=b'{"choices": "not a list"}')
     try:
         with pytest.raises(BackendError, match="choices"):
             OpenAIPolicy(srv.base_url, "m", max_retries=0).generate(PROMPTS[:1], max_new_tokens=5)

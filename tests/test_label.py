@@ -6,10 +6,9 @@ import sys
 import time
 
 import pytest
-from scripted import ScriptedArithPolicy
+from scripted import ScriptedArithPolicy, flaky_server
 
 from stepforge.backends.openai_backend import OpenAIPolicy
-from stepforge.backends.server import PolicyServer, serve_in_thread
 from stepforge.label.judge import label_judge, parse_judgement
 from stepforge.label.methods import label_binary, label_mc, label_truth, problem_of
 from stepforge.label.quality import consensus, label_quality
@@ -138,8 +137,7 @@ class JudgeByChecker:
 
 
 def test_judge_through_a_real_http_server_with_faults():
-    srv = PolicyServer(JudgeByChecker())
-    serve_in_thread(srv)
+    srv, attempts = flaky_server(JudgeByChecker(), failures=2, status=503)  # two 503s, then answers
     try:
         odd = ArithProblem(start=13, ops=P8.ops)
         trajs = [trajectory(P8, 4, "a"), trajectory(P8, None, "b"), trajectory(odd, 1, "c")]
@@ -147,6 +145,7 @@ def test_judge_through_a_real_http_server_with_faults():
         assert [t.first_error for t in labels[:2]] == [4, None]
         assert labels[0].step_labels == truth_labels(9, 4) and labels[0].label_source == "judge"
         assert labels[2].meta["judge_unparseable"] and labels[2].step_labels == [None] * 9
+        assert attempts["n"] == 3
     finally:
         srv.shutdown()
         srv.server_close()
@@ -283,3 +282,35 @@ def test_ray_fan_out_writes_the_serial_file(tmp_path, world_policy):
                        policy_factory=functools.partial(make_policy, "world"))
     assert stats.batches_run == 6
     assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "serial.jsonl").read_text()
+
+
+def test_garbage_judge_reply_fails_with_a_clear_error():
+    from stepforge.backends import BackendError
+
+    srv, _ = flaky_server(JudgeByChecker(), failures=100, body=b"<html>not json</html>")
+    try:
+        with pytest.raises(BackendError, match=r"127\.0\.0\.1.*not JSON"):
+            label_judge([trajectory(P8, 1)], OpenAIPolicy(srv.base_url, "judge", max_retries=0))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_cli_labels_gsm8k_format_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+    from stepforge.loaders import load_gsm8k_model_solutions
+
+    src = tmp_path / "g.jsonl"
+    write_jsonl(src, load_gsm8k_model_solutions(limit=14))  # question 13 has a slip
+    out = tmp_path / "truth.jsonl"
+    result = CliRunner().invoke(app, ["label", "-i", str(src), "-o", str(out), "--method", "truth", "--task", "gsm8k",
+                                      "--problems", "gsm8k:test"])
+    assert result.exit_code == 0, result.output
+    labeled = read_jsonl(out, Trajectory)
+    assert len(labeled) == len(read_jsonl(src, Trajectory)) and all(t.label_source == "truth" for t in labeled)
+    assert any(t.first_error is not None for t in labeled)  # the old models' arithmetic slips are found
+    missing = CliRunner().invoke(app, ["label", "-i", str(src), "-o", str(tmp_path / "x.jsonl"), "--method", "mc",
+                                       "--task", "gsm8k"])
+    assert missing.exit_code == 2 and "pass the problems file" in missing.output

@@ -70,6 +70,8 @@ class OpenAIPolicy:
                                f"(retries apply to 408/409/429/5xx): {str(err)[:300]}") from err
         except oa.APIError as err:  # malformed body and the like
             raise BackendError(f"{self.base_url}: bad reply: {err}") from err
+        except ValueError as err:  # the client parses a non-JSON body with json.loads
+            raise BackendError(f"{self.base_url}: bad reply (not JSON): {err}") from err
         rows: list[list[Completion | None]] = [[None] * n for _ in prompts]
         choices = getattr(resp, "choices", None)
         if not isinstance(choices, list):
