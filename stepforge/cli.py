@@ -348,6 +348,104 @@ def label_report(
         out.write_text(json.dumps(reports, indent=2))
 
 
+@app.command("train-prm")
+def train_prm_cmd(
+    train: Annotated[Path, typer.Option(help="labeled trajectories (JSONL/Parquet)")],
+    out: Annotated[Path, typer.Option(help="output PRM directory")],
+    backbone: Annotated[str | None, typer.Option(help="HF model dir (default: the world policy)")] = None,
+    readout: Annotated[str, typer.Option(help="separator | prefix_min")] = "prefix_min",
+    logprob_feature: Annotated[bool, typer.Option(help="prefix_min: add the backbone's token log-probs")] = True,
+    freeze_backbone: Annotated[bool, typer.Option(help="train only the head")] = True,
+    epochs: float = 3.0,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    hard: Annotated[bool, typer.Option(help="threshold labels at 0.5 (default: soft labels stay soft)")] = False,
+    last_step_only: bool = False,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Train a process reward model on step labels (per-step BCE; soft labels stay soft)."""
+    from stepforge.prm.model import PRMConfig, ProcessRewardModel
+    from stepforge.prm.train import PRMTrainConfig, train_prm
+    from stepforge.schema import RecordError, Trajectory, read_records
+    from stepforge.worlds.arith.policy import resolve_policy_dir
+
+    _quiet_hf(threads)
+    start = time.perf_counter()
+    try:
+        data = read_records(train, Trajectory)
+        cfg = PRMConfig(readout=readout, token_logprob_feature=logprob_feature and readout == "prefix_min")
+        model = ProcessRewardModel.from_backbone(backbone or str(resolve_policy_dir()), cfg)
+        history = train_prm(model, data, PRMTrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, hard=hard,
+                                                        last_step_only=last_step_only, seed=seed,
+                                                        freeze_backbone=freeze_backbone))
+    except (RecordError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    model.save_pretrained(out)
+    losses = [h["loss"] for h in history if "loss" in h]
+    console.print(f"trained on {len(data)} trajectories in {time.perf_counter() - start:.0f} s "
+                  f"(final loss {losses[-1] if losses else float('nan'):.3f}); saved to [bold]{out}[/bold]")
+
+
+@app.command()
+def score(
+    prm: Annotated[Path, typer.Option(help="PRM directory")],
+    input: Annotated[Path, typer.Option("--input", "-i")],
+    out: Annotated[Path, typer.Option("--out", "-o")],
+    threads: Threads = 1,
+) -> None:
+    """Score every step of every trajectory (one forward pass each); scores go to meta.prm_scores."""
+    from stepforge.prm.model import ProcessRewardModel
+    from stepforge.schema import RecordError, Trajectory, read_records, write_jsonl
+
+    _quiet_hf(threads)
+    try:
+        model = ProcessRewardModel.from_pretrained(prm)
+        data = read_records(input, Trajectory)
+        scores = model.score(data)
+    except (RecordError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    write_jsonl(out, [t.model_copy(update={"meta": {**t.meta, "prm_scores": s}}) for t, s in zip(data, scores)])
+    console.print(f"scored {len(data)} trajectories; wrote [bold]{out}[/bold]")
+
+
+@app.command("eval-prm")
+def eval_prm(
+    prm: Annotated[Path, typer.Option(help="PRM directory")],
+    data: Annotated[Path, typer.Option(help="trajectories, several per problem, with ground truth")],
+    task: str = "arith",
+    dev_share: Annotated[float, typer.Option(help="share of problems used to calibrate the threshold")] = 0.3,
+    policy: Annotated[str | None, typer.Option(help="policy for the log-prob baselines (default: world)")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the report as JSON")] = None,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """First-error F1 (θ calibrated on a dev split of problems), step AUC, baselines, best-of-N."""
+    from stepforge.eval.prm_eval import evaluate_prm
+    from stepforge.schema import RecordError
+
+    _quiet_hf(threads)
+    try:
+        report = evaluate_prm(prm, data, task, dev_share=dev_share, policy=policy, seed=seed)
+    except (RecordError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    table = Table(title=f"first-error F1 on {report['test_trajectories']} held-out trajectories")
+    for c in ("scorer", "threshold", "F1", "acc_err", "acc_ok", "step AUC"):
+        table.add_column(c, justify="right")
+    for name, r in report["first_error"].items():
+        table.add_row(name, "-" if r.get("threshold") is None else f"{r['threshold']:.3g}", f"{r['f1']:.3f}",
+                      f"{r['acc_err']:.3f}", f"{r['acc_ok']:.3f}", "-" if r.get("auc") is None else f"{r['auc']:.3f}")
+    console.print(table)
+    bon = Table(title=f"best-of-N on {report['bon_problems']} problems (N = {report['n']}; 95% bootstrap CI)")
+    for c in ("selection", "accuracy", "CI"):
+        bon.add_column(c, justify="right")
+    for name, r in report["best_of_n"].items():
+        bon.add_row(name, f"{r['accuracy']:.1%}", f"{r['ci_low']:.1%} – {r['ci_high']:.1%}")
+    console.print(bon)
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+
+
 @app.command()
 def serve(
     backend: str = "world",
