@@ -405,7 +405,8 @@ def score(
         scores = model.score(data)
     except (RecordError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
-    write_jsonl(out, [t.model_copy(update={"meta": {**t.meta, "prm_scores": s}}) for t, s in zip(data, scores)])
+    write_jsonl(out, [t.model_copy(update={"meta": {**t.meta, "prm_scores": s}})
+                      for t, s in zip(data, scores, strict=True)])
     console.print(f"scored {len(data)} trajectories; wrote [bold]{out}[/bold]")
 
 

@@ -7,6 +7,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from statistics import mean
 from typing import Any
 
@@ -37,7 +38,7 @@ def calibrate_threshold(scores: Sequence[Sequence[float]], gold: Sequence[int | 
     of them (scores of any scale: probabilities or exp(log-probs) near 1e-8)."""
     if grid is None:
         values = sorted({s for row in scores for s in row})
-        grid = [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]
+        grid = [(a + b) / 2 for a, b in pairwise(values)]
         if len(grid) > 400:
             grid = [grid[int(i * (len(grid) - 1) / 399)] for i in range(400)]
         grid = [values[0] - 1e-12, *grid, values[-1] + 1e-12] if values else [0.5]
