@@ -1,0 +1,211 @@
+"""Adapters for public PRM formats. Each scores every step of a trajectory in ONE forward pass
+and returns P(step good), like :meth:`ProcessRewardModel.score`.
+
+| format              | step marker            | read-out                                              |
+|---------------------|------------------------|-------------------------------------------------------|
+| Math-Shepherd       | ``ки`` after each step | softmax over the "+"/"-" logits at the ``ки`` token    |
+| Qwen2.5-Math-PRM    | ``<extra_0>``          | 2-class head, P(class 1) at each ``<extra_0>``         |
+| RLHFlow             | chat turns             | P("+") vs "-" predicting each assistant "+" turn       |
+| TRL token classif.  | separator (``\\n``)     | 2-class token head, P(class 1) at the step's last token |
+
+Marker positions come from character offsets of the rendered text (RLHFlow, Math-Shepherd,
+TRL) or the marker's special-token id (Qwen, as its reference code does). RLHFlow's
+reference code runs one pass per step (T passes); this adapter renders the whole
+conversation once, which gives the same scores under a causal model.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import torch
+
+from stepforge.schema import RecordError, Trajectory
+
+
+def char_positions(tokenizer, text: str, chars: Sequence[int], add_special_tokens: bool = True
+                   ) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` and, for each char index, the token holding it."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+    starts = [a if b > a else -1 for a, b in enc["offset_mapping"]]
+    positions = []
+    for c in chars:
+        j = bisect.bisect_right(starts, c) - 1
+        while j > 0 and starts[j] == -1:
+            j -= 1
+        positions.append(j)
+    return enc["input_ids"], positions
+
+
+def _batched(model, encoded: list[tuple[list[int], list[int]]], pad_id: int, read, batch_size: int = 32
+             ) -> list[list[float]]:
+    out: list[list[float]] = [[] for _ in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(encoded[i][0]) for i in idx)
+            ids = torch.tensor([encoded[i][0] + [pad_id] * (width - len(encoded[i][0])) for i in idx])
+            mask = (torch.arange(width)[None, :] < torch.tensor([len(encoded[i][0]) for i in idx])[:, None]).long()
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            for row, i in enumerate(idx):
+                out[i] = read(logits[row], encoded[i][1])
+    return out
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _need_steps(t: Trajectory) -> None:
+    if not t.steps:
+        raise RecordError(f"trajectory {t.id!r}: no steps to score")
+
+
+class MathShepherdPRM:
+    """``question + " " + step_1 + " ки\\n" + step_2 + " ки\\n" ...`` into a causal LM; step t's
+    score is softmax([logit("+"), logit("-")])[0] at its ``ки`` token (peiyi9979/math-shepherd)."""
+
+    def __init__(self, model, tokenizer, step_tag: str = "ки", good: str = "+", bad: str = "-") -> None:
+        self.model, self.tokenizer, self.step_tag = model.eval(), tokenizer, step_tag
+        self.candidates = [self._single_id(good), self._single_id(bad)]
+
+    def _single_id(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"Math-Shepherd needs {text!r} to be one token, got {ids}")
+        return ids[0]
+
+    def encode(self, t: Trajectory) -> tuple[list[int], list[int]]:
+        _need_steps(t)
+        text, marks = t.question + " ", []
+        for s in t.steps:
+            text += s + " "
+            marks.append(len(text) + len(self.step_tag) - 1)  # last char of the tag
+            text += self.step_tag + "\n"
+        return char_positions(self.tokenizer, text, marks)
+
+    def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
+        def read(logits, positions):
+            probs = logits[:, self.candidates].softmax(-1)[:, 0]
+            return probs[positions].tolist()
+
+        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+
+
+QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class QwenMathPRM:
+    """Qwen2.5-Math-PRM: chat (system, user question, assistant steps joined and ended by
+    ``<extra_0>``); the model's 2-class per-token logits give P(good) = softmax[..., 1] at each
+    ``<extra_0>``. Any model whose output ``.logits`` is (batch, length, 2) works."""
+
+    def __init__(self, model, tokenizer, step_sep: str = "<extra_0>", system: str = QWEN_SYSTEM) -> None:
+        self.model, self.tokenizer, self.step_sep, self.system = model.eval(), tokenizer, step_sep, system
+        ids = tokenizer(step_sep, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{step_sep!r} must be a single special token of the tokenizer")
+        self.sep_id = ids[0]
+
+    def render(self, t: Trajectory) -> str:
+        answer = self.step_sep.join(t.steps) + self.step_sep
+        messages = [{"role": "system", "content": self.system}, {"role": "user", "content": t.question},
+                    {"role": "assistant", "content": answer}]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        return f"{self.system}\n{t.question}\n{answer}"
+
+    def encode(self, t: Trajectory) -> tuple[list[int], list[int]]:
+        _need_steps(t)
+        ids = self.tokenizer(self.render(t), add_special_tokens=False)["input_ids"]
+        positions = [i for i, x in enumerate(ids) if x == self.sep_id]
+        if len(positions) != len(t.steps):
+            raise RecordError(f"trajectory {t.id!r}: found {len(positions)} {self.step_sep} markers for "
+                              f"{len(t.steps)} steps (a step contains the marker?)")
+        return ids, positions
+
+    def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
+        def read(logits, positions):
+            return logits[positions].softmax(-1)[:, 1].tolist()
+
+        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+
+
+class RLHFlowPRM:
+    """RLHFlow PRMs (Llama3.1-8B-PRM-*): user turns carry the steps (the first prefixed by the
+    question), each assistant turn is "+"; P(good_t) = softmax([logit("+"), logit("-")])[0] at
+    the position predicting step t's assistant "+"."""
+
+    def __init__(self, model, tokenizer, good: str = "+", bad: str = "-") -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("RLHFlow PRMs need a tokenizer with a chat template")
+        self.model, self.tokenizer, self.good = model.eval(), tokenizer, good
+        self.candidates = [tokenizer(x, add_special_tokens=False)["input_ids"][-1] for x in (good, bad)]
+
+    def conversation(self, t: Trajectory) -> list[dict[str, str]]:
+        turns = []
+        for k, step in enumerate(t.steps):
+            turns.append({"role": "user", "content": f"{t.question} {step}" if k == 0 else step})
+            turns.append({"role": "assistant", "content": self.good})
+        return turns
+
+    def encode(self, t: Trajectory) -> tuple[list[int], list[int]]:
+        _need_steps(t)
+        turns = self.conversation(t)
+        text = self.tokenizer.apply_chat_template(turns, tokenize=False)
+        # the k-th assistant "+" is found by rendering the conversation up to it: its char index is
+        # the length of the rendering that stops right before it
+        marks, cursor = [], 0
+        for k in range(len(t.steps)):
+            prefix = self.tokenizer.apply_chat_template(turns[:2 * k + 1], tokenize=False, add_generation_prompt=True)
+            cursor = text.index(self.good, max(cursor, len(prefix)))
+            marks.append(cursor)
+            cursor += len(self.good)
+        ids, positions = char_positions(self.tokenizer, text, marks, add_special_tokens=False)
+        return ids, [p - 1 for p in positions]  # the logits that predict the "+" token
+
+    def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
+        def read(logits, positions):
+            return logits[positions][:, self.candidates].softmax(-1)[:, 0].tolist()
+
+        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+
+
+class TokenClassificationPRM:
+    """TRL's stepwise format: ``prompt + step_1 + sep + step_2 + sep ...`` into a token
+    classifier (``AutoModelForTokenClassification``, 2 labels); P(good_t) = softmax[..., 1] at the
+    last token of step t + separator, where TRL's PRMTrainer puts the label."""
+
+    def __init__(self, model, tokenizer, separator: str = "\n") -> None:
+        self.model, self.tokenizer, self.separator = model.eval(), tokenizer, separator
+
+    def encode(self, t: Trajectory) -> tuple[list[int], list[int]]:
+        _need_steps(t)
+        text, marks = t.question, []
+        for s in t.steps:
+            text += s + self.separator
+            marks.append(len(text) - 1)
+        return char_positions(self.tokenizer, text, marks)
+
+    def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
+        def read(logits, positions):
+            return logits[positions].softmax(-1)[:, 1].tolist()
+
+        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+
+
+ADAPTERS = {"math-shepherd": MathShepherdPRM, "qwen": QwenMathPRM, "rlhflow": RLHFlowPRM,
+            "token-classification": TokenClassificationPRM}
+
+
+def load_adapter(kind: str, path: str, **kwargs):
+    """Load a public PRM directory with the adapter for its format."""
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    if kind not in ADAPTERS:
+        raise ValueError(f"unknown PRM format {kind!r}; choose from {', '.join(ADAPTERS)}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    auto = AutoModelForTokenClassification if kind in ("qwen", "token-classification") else AutoModelForCausalLM
+    return ADAPTERS[kind](auto.from_pretrained(path), tokenizer, **kwargs)
