@@ -448,6 +448,32 @@ def eval_prm(
 
 
 @app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="a file in a public step-label format")],
+    fmt: Annotated[str, typer.Option("--from", help="processbench | prm800k | math-shepherd | trl")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="trajectories (JSONL or .parquet)")],
+    to: Annotated[str, typer.Option(help="stepforge | trl | math-shepherd | processbench")] = "stepforge",
+) -> None:
+    """Convert public step-label formats to stepforge trajectories (or back out to them)."""
+    from stepforge import formats
+    from stepforge.schema import RecordError, write_records
+
+    try:
+        records = formats.import_file(source, fmt)
+        if to == "stepforge":
+            write_records(out, records)
+        else:
+            writer = {"trl": formats.to_trl, "math-shepherd": formats.to_math_shepherd,
+                      "processbench": formats.to_processbench}.get(to)
+            if writer is None:
+                raise ValueError(f"unknown output format {to!r}")
+            out.write_text("".join(json.dumps(writer(t)) + "\n" for t in records))
+    except (RecordError, ValueError) as err:
+        raise _fail(str(err)) from None
+    console.print(f"converted {len(records)} records from {fmt} to {to}: [bold]{out}[/bold]")
+
+
+@app.command()
 def serve(
     backend: str = "world",
     model: str | None = None,

@@ -1,0 +1,190 @@
+"""Import / export of public step-label formats (DESIGN.md §2) as Trajectory records.
+
+| format        | record                                                              | labels                      |
+|---------------|---------------------------------------------------------------------|-----------------------------|
+| ProcessBench  | ``{id, problem, steps[], final_answer_correct, label}``              | first error index, −1: none |
+| PRM800K       | ``{question{problem}, label{steps[{completions[{text, rating}], …}]}}`` | −1 / 0 / +1 |
+| Math-Shepherd | ``{input: "... step ки\\n...", label: "... step +\\n..."}``           | "+" / "−" in place of ки     |
+| TRL stepwise  | ``{prompt, completions[], labels[bool]}``                             | bool per step               |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stepforge.schema import RecordError, Trajectory
+
+FORMATS = ("processbench", "prm800k", "math-shepherd", "trl")
+
+
+def _truth_style(n: int, first_error: int | None) -> list[float]:
+    return [1.0] * n if first_error is None else [1.0] * first_error + [0.0] * (n - first_error)
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Records of a JSON list file or a JSONL file, each with where it came from."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
+        for i, row in enumerate(rows):
+            yield f"{path}: item {i}", row
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecordError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+
+
+def _require(row: Any, where: str, *keys: str) -> None:
+    if not isinstance(row, dict):
+        raise RecordError(f"{where}: expected a JSON object")
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _pid(question: str) -> str:
+    return "q-" + hashlib.sha1(question.encode()).hexdigest()[:12]
+
+
+def from_processbench(row: dict, where: str) -> Trajectory:
+    _require(row, where, "id", "problem", "steps", "label")
+    label = int(row["label"])
+    steps = [str(s) for s in row["steps"]]
+    if not -1 <= label < len(steps):
+        raise RecordError(f"{where}: label {label} is not -1 or a step index (0..{len(steps) - 1})")
+    first = None if label == -1 else label
+    return Trajectory(id=str(row["id"]), problem_id=str(row["id"]), question=row["problem"], steps=steps,
+                      correct=row.get("final_answer_correct"), first_error=first,
+                      step_labels=_truth_style(len(steps), first), label_source="human",
+                      meta={"generator": row.get("generator"), "format": "processbench"})
+
+
+def from_prm800k(row: dict, where: str, neutral: float = 1.0) -> Trajectory:
+    """One PRM800K sample: the chosen completion of each step (the first one when none was
+    chosen, as on a step rated −1); ratings +1 → 1.0, −1 → 0.0, 0 → ``neutral`` (the paper
+    counts neutral steps as acceptable). Steps after the first −1 are not rated."""
+    _require(row, where, "question", "label")
+    question = row["question"].get("problem") if isinstance(row["question"], dict) else None
+    steps_in = row["label"].get("steps") if isinstance(row["label"], dict) else None
+    if not isinstance(question, str) or not isinstance(steps_in, list):
+        raise RecordError(f"{where}: expected question.problem and label.steps")
+    steps, labels = [], []
+    for k, step in enumerate(steps_in):
+        completions = step.get("completions") or []
+        chosen = step.get("chosen_completion")
+        if step.get("human_completion") and chosen is None and not completions:
+            c = step["human_completion"]
+        elif completions:
+            c = completions[chosen if isinstance(chosen, int) else 0]
+        else:
+            raise RecordError(f"{where}: step {k} has no completion")
+        rating = c.get("rating")
+        if rating not in (-1, 0, 1, None):
+            raise RecordError(f"{where}: step {k} rating {rating!r} is not -1, 0 or 1")
+        steps.append(str(c.get("text", "")))
+        labels.append(None if rating is None else {1: 1.0, 0: neutral, -1: 0.0}[rating])
+        if rating == -1:
+            break
+    first = next((i for i, v in enumerate(labels) if v == 0.0), None)
+    answer = row["question"].get("ground_truth_answer")
+    return Trajectory(id=f"{_pid(question)}/{hashlib.sha1(json.dumps(steps).encode()).hexdigest()[:8]}",
+                      problem_id=_pid(question), question=question, steps=steps, first_error=first,
+                      step_labels=labels, label_source="human",
+                      meta={"format": "prm800k", "ground_truth_answer": answer,
+                            "finish_reason": row["label"].get("finish_reason")})
+
+
+def from_math_shepherd(row: dict, where: str, tag: str = "ки") -> Trajectory:
+    """``input`` has a ``ки`` after each step; ``label`` is the same text with "+" or "-"
+    in place of each tag. The question is the text before "Step 1:" (or before the first step)."""
+    _require(row, where, "input", "label")
+    text, labeled = row["input"], row["label"]
+    parts = text.split(tag)
+    if len(parts) < 2:
+        raise RecordError(f"{where}: no {tag!r} step tags in input")
+    marks, cursor = [], 0
+    for part in parts[:-1]:
+        cursor += len(part)
+        if cursor >= len(labeled) or labeled[cursor] not in "+-":
+            raise RecordError(f"{where}: label text has no +/- where input has tag {len(marks)}")
+        marks.append(labeled[cursor] == "+")
+        cursor += 1  # the label text has one character where the input has the tag
+    head = parts[0]
+    split_at = head.find("Step 1")
+    if split_at <= 0:
+        raise RecordError(f"{where}: cannot tell the question from the first step (no 'Step 1' after it)")
+    question = head[:split_at].strip()
+    steps = [head[split_at:].strip(), *[p.strip() for p in parts[1:-1]]]
+    labels = [1.0 if m else 0.0 for m in marks]
+    first = next((i for i, v in enumerate(labels) if v == 0.0), None)
+    return Trajectory(id=f"{_pid(question)}/{hashlib.sha1(text.encode()).hexdigest()[:8]}", problem_id=_pid(question),
+                      question=question, steps=steps, first_error=first, step_labels=labels, label_source="mc",
+                      meta={"format": "math-shepherd", "task": row.get("task")})
+
+
+def from_trl(row: dict, where: str) -> Trajectory:
+    _require(row, where, "prompt", "completions", "labels")
+    steps, labels = list(row["completions"]), list(row["labels"])
+    if len(steps) != len(labels):
+        raise RecordError(f"{where}: {len(labels)} labels for {len(steps)} completions")
+    values = [float(v) for v in labels]
+    first = next((i for i, v in enumerate(values) if v < 0.5), None)
+    question = row["prompt"]
+    default_id = f"{_pid(question)}/{hashlib.sha1(json.dumps(steps).encode()).hexdigest()[:8]}"
+    return Trajectory(id=str(row.get("id", default_id)),
+                      problem_id=_pid(question), question=question, steps=[str(s) for s in steps],
+                      first_error=first, step_labels=values, label_source="human", meta={"format": "trl"})
+
+
+_READERS = {"processbench": from_processbench, "prm800k": from_prm800k, "math-shepherd": from_math_shepherd,
+            "trl": from_trl}
+
+
+def import_file(path: str | Path, fmt: str) -> list[Trajectory]:
+    """Trajectories from a file in one of :data:`FORMATS`; errors name the file and item."""
+    if fmt not in _READERS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: no such file")
+    out = []
+    for where, row in _rows(path):
+        try:
+            out.append(_READERS[fmt](row, where))
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            if isinstance(err, RecordError):
+                raise
+            raise RecordError(f"{where}: not a {fmt} record ({type(err).__name__}: {err})") from None
+    return out
+
+
+def to_trl(t: Trajectory, threshold: float = 0.5) -> dict[str, Any]:
+    """TRL stepwise record; TRL wants booleans, so labels are thresholded (soft labels are
+    lost here: keep our JSONL for soft-label training)."""
+    if any(v is None for v in t.step_labels):
+        raise RecordError(f"trajectory {t.id!r}: unlabeled steps cannot be exported to TRL")
+    return {"prompt": t.question, "completions": list(t.steps), "labels": [v >= threshold for v in t.step_labels]}
+
+
+def to_math_shepherd(t: Trajectory, threshold: float = 0.5, tag: str = "ки") -> dict[str, str]:
+    if any(v is None for v in t.step_labels):
+        raise RecordError(f"trajectory {t.id!r}: unlabeled steps cannot be exported to Math-Shepherd")
+    steps = [f"Step {i + 1}: {s}" if not s.startswith("Step ") else s for i, s in enumerate(t.steps)]
+    body = "\n".join(f"{s} {tag}" for s in steps)
+    label = "\n".join(f"{s} {'+' if v >= threshold else '-'}" for s, v in zip(steps, t.step_labels, strict=True))
+    return {"input": f"{t.question} {body}", "label": f"{t.question} {label}"}
+
+
+def to_processbench(t: Trajectory) -> dict[str, Any]:
+    return {"id": t.id, "problem": t.question, "steps": list(t.steps), "final_answer_correct": t.correct,
+            "label": -1 if t.first_error is None else t.first_error}
