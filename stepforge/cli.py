@@ -392,15 +392,18 @@ def score(
     prm: Annotated[Path, typer.Option(help="PRM directory")],
     input: Annotated[Path, typer.Option("--input", "-i")],
     out: Annotated[Path, typer.Option("--out", "-o")],
+    format: Annotated[str, typer.Option(help="stepforge | math-shepherd | qwen | rlhflow | token-classification")]
+    = "stepforge",
     threads: Threads = 1,
 ) -> None:
     """Score every step of every trajectory (one forward pass each); scores go to meta.prm_scores."""
+    from stepforge.prm.adapters import load_adapter
     from stepforge.prm.model import ProcessRewardModel
     from stepforge.schema import RecordError, Trajectory, read_records, write_jsonl
 
     _quiet_hf(threads)
     try:
-        model = ProcessRewardModel.from_pretrained(prm)
+        model = ProcessRewardModel.from_pretrained(prm) if format == "stepforge" else load_adapter(format, str(prm))
         data = read_records(input, Trajectory)
         scores = model.score(data)
     except (RecordError, FileNotFoundError, ValueError) as err:
