@@ -383,6 +383,13 @@ def train_prm_cmd(
         raise _fail(str(err)) from None
     model.save_pretrained(out)
     losses = [h["loss"] for h in history if "loss" in h]
+    import sys
+
+    (out / "stepforge_train.json").write_text(json.dumps({
+        "command": " ".join(sys.argv), "train_file": str(train), "trajectories": len(data),
+        "train_seconds": round(time.perf_counter() - start, 1), "final_loss": losses[-1] if losses else None,
+        "epochs": epochs, "lr": lr, "batch_size": batch_size, "hard": hard, "seed": seed,
+        "freeze_backbone": freeze_backbone, "readout": readout}, indent=2))
     console.print(f"trained on {len(data)} trajectories in {time.perf_counter() - start:.0f} s "
                   f"(final loss {losses[-1] if losses else float('nan'):.3f}); saved to [bold]{out}[/bold]")
 
@@ -474,6 +481,102 @@ def convert(
     except (RecordError, ValueError) as err:
         raise _fail(str(err)) from None
     console.print(f"converted {len(records)} records from {fmt} to {to}: [bold]{out}[/bold]")
+
+
+def _search_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for c in ("method", "N", "accuracy", "95% CI", "gen tokens / problem", "PRM seqs / problem", "s / problem"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(r["method"], str(r["n"]), f"{r['accuracy']:.1%}", f"{r['ci_low']:.1%} – {r['ci_high']:.1%}",
+                      f"{r['generated_tokens']:,.0f}", f"{r['prm_sequences']:,.1f}", f"{r['wall_seconds']:.3f}")
+    return table
+
+
+def _run_search_report(problems, policy, scorer, task, methods, budgets, out: Path, batch_problems: int,
+                       seed: int, title: str) -> list[dict]:
+    from stepforge.schema import read_jsonl
+    from stepforge.search.runner import SearchRecord, plot, run_search, summarize
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    total = len(methods) * len(budgets) * len(problems)
+    with _progress() as bar:
+        t = bar.add_task("searching", total=total, rate="")
+
+        def on_batch(batch, records) -> None:
+            m, n, _ = batch.items[0]
+            bar.update(t, advance=len(records), rate=f"{m} N={n}")
+
+        stats = run_search(problems, policy, scorer, task, methods, budgets, results, batch_problems=batch_problems,
+                           seed=seed, on_batch=on_batch)
+        bar.update(t, completed=total)
+    if stats.batches_skipped:
+        console.print(f"resumed {results}: {stats.batches_skipped} batches were already done")
+    wanted = {(m, n) for m in methods for n in budgets}
+    rows = [r for r in summarize(read_jsonl(results, SearchRecord)) if (r["method"], r["n"]) in wanted]
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    png = plot(rows, out / "accuracy_vs_compute.png", title)
+    console.print(_search_table(rows, title))
+    console.print(f"wrote [bold]{results}[/bold], [bold]{out / 'summary.json'}[/bold] and [bold]{png}[/bold]")
+    return rows
+
+
+@app.command()
+def search(
+    data: Annotated[str, typer.Option(help="'world', 'gsm8k:<split>', or a JSONL/Parquet/dataset path")] = "world",
+    prm: Annotated[Path | None, typer.Option(help="PRM directory (default for world: the shipped world PRM)")] = None,
+    prm_format: Annotated[str, typer.Option(help="stepforge | math-shepherd | qwen | rlhflow | token-classification")]
+    = "stepforge",
+    methods: Annotated[str, typer.Option(help="comma list of majority,bon,bon_mean,weighted,oracle,beam,dvts,mcts")]
+    = "majority,bon,beam",
+    budgets: Annotated[str, typer.Option(help="comma list of N")] = "16",
+    compare: Annotated[bool, typer.Option(help="all methods over N = 1, 2, 4, ..., 64")] = False,
+    backend: str = "world",
+    model: str | None = None,
+    base_url: str | None = None,
+    task: Annotated[str | None, typer.Option(help="arith | gsm8k (default: from --data)")] = None,
+    limit: Annotated[int, typer.Option(help="number of problems")] = 100,
+    min_steps: int = 6,
+    max_steps: int = 8,
+    out: Path = Path("runs/search"),
+    batch_problems: int = 64,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """PRM-guided test-time search; every result carries its compute. Re-running resumes."""
+    from stepforge.backends import BackendError, make_policy
+    from stepforge.loaders import load_problems
+    from stepforge.prm.adapters import load_adapter
+    from stepforge.prm.model import ProcessRewardModel
+    from stepforge.schema import RecordError
+    from stepforge.tasks import get_task
+    from stepforge.worlds.arith.policy import SHIPPED_PRM
+    from stepforge.worlds.arith.problems import ArithConfig, generate_problems
+
+    _quiet_hf(threads)
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+    if compare:
+        method_list = ["majority", "bon", "weighted", "beam", "dvts", "mcts", "oracle"]
+        budget_list = [1, 2, 4, 8, 16, 32, 64]
+    try:
+        if data == "world":
+            items = generate_problems(limit, ArithConfig(min_steps=min_steps, max_steps=max_steps),
+                                      seed=20_000 + seed, prefix="search")
+        else:
+            items = load_problems(data, limit=limit)
+        chosen = get_task(task or ("arith" if data == "world" else "gsm8k"))
+        policy = make_policy(backend, model, base_url)
+        prm_dir = prm or (SHIPPED_PRM if chosen.name == "arith" else None)
+        scorer = None
+        if prm_dir is not None:
+            scorer = (ProcessRewardModel.from_pretrained(prm_dir) if prm_format == "stepforge"
+                      else load_adapter(prm_format, str(prm_dir)))
+        _run_search_report(items, policy, scorer, chosen, method_list, budget_list, out, batch_problems, seed,
+                           f"{chosen.name}: {len(items)} problems")
+    except (RecordError, FileNotFoundError, ValueError, BackendError) as err:
+        raise _fail(str(err)) from None
 
 
 @app.command()

@@ -24,7 +24,8 @@ class ScriptedArithPolicy:
         self.calls += 1
         rows = []
         for prompt in prompts:
-            question, *done = prompt.rstrip("\n").split("\n")
+            question, *done = prompt[:-1].split("\n") if prompt.endswith("\n") else prompt.split("\n")
+            done = [d for d in done if d]
             problem = parse_question(question)
             ok_prefix = first_error(question, done) is None
             value = problem.values[len(done) - 1] if done else problem.start
@@ -40,7 +41,10 @@ class ScriptedArithPolicy:
                         v += 1  # a wrong last step
                     lines.append(f"{TAGS[i]}{op}{k}={v}")
                 text = "\n".join([*lines, f"Answer: {v}"])
-                row.append(Completion(text, len(text), "stop"))
+                hit = min((s for s in stop or [] if s in text), key=text.index, default=None)
+                if hit is not None:
+                    text = text[:text.index(hit)]
+                row.append(Completion(text, len(text), "stop", hit))
             self.rollouts += n
             rows.append(row)
         return GenerationResult(rows, GenerationCost(0, sum(c.tokens for r in rows for c in r), len(prompts)))
@@ -68,3 +72,18 @@ def flaky_server(policy, failures: int, status: int = 503, body: bytes | None = 
     srv = PolicyServer(policy, handler=Flaky)
     serve_in_thread(srv)
     return srv, attempts
+
+
+class CheckerScorer:
+    """A perfect PRM for the world: 1 while the prefix is on the correct path, else 0."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, trajectories):
+        self.calls += 1
+        out = []
+        for t in trajectories:
+            fe = first_error(t.question, t.steps)
+            out.append([1.0 if fe is None or i < fe else 0.0 for i in range(len(t.steps))])
+        return out

@@ -3,7 +3,6 @@ best-of-N selection by aggregated step scores vs majority vote, with bootstrap C
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -12,7 +11,7 @@ from statistics import mean
 from typing import Any
 
 from stepforge.schema import Problem, Trajectory
-from stepforge.search.vote import majority_vote
+from stepforge.search.vote import AGGREGATIONS, aggregate, majority_vote, weighted_vote
 
 
 def predict_first_error(scores: Sequence[float], threshold: float) -> int | None:
@@ -68,30 +67,6 @@ def step_auc(scores: Sequence[Sequence[float]], labels: Sequence[Sequence[float 
         rank_sum += avg_rank * sum(1 for _, good in pairs[i:j] if good)
         i = j
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
-
-
-AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
-    "min": min,
-    "last": lambda s: s[-1],
-    "prod": lambda s: math.prod(s),
-    "mean": lambda s: sum(s) / len(s),
-}
-
-
-def aggregate(scores: Sequence[float], how: str) -> float:
-    """Solution score from step scores (DESIGN.md §4): min, last, prod or mean."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {how!r}; choose from {', '.join(AGGREGATIONS)}")
-    return AGGREGATIONS[how](scores) if scores else 0.0
-
-
-def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
-    """score(a) = Σ weights of solutions answering a; argmax (ties: first seen)."""
-    totals: dict[str, float] = {}
-    for a, w in zip(answers, weights, strict=True):
-        if a is not None:
-            totals[a] = totals.get(a, 0.0) + w
-    return max(totals, key=lambda a: totals[a]) if totals else None  # dict keeps first-seen order on ties
 
 
 def _bootstrap(values: Sequence[float], rng: random.Random, resamples: int) -> tuple[float, float]:
