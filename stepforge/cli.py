@@ -151,9 +151,11 @@ def demo(
     seed: int = 0,
     policy: Annotated[Path | None, typer.Option(help="world policy checkpoint dir (default: shipped)")] = None,
     retrain: Annotated[bool, typer.Option(help="train the world policy from scratch first")] = False,
+    search: Annotated[bool, typer.Option(help="also compare majority / best-of-N / beam with the world PRM")] = True,
     threads: Threads = 1,
 ) -> None:
-    """The built-in world end to end: policy, N samples per problem, greedy / majority / oracle."""
+    """The built-in world end to end: policy, N samples per problem, greedy / majority / oracle,
+    then PRM-guided search against majority vote."""
     from stepforge.backends import make_policy
     from stepforge.tasks import ARITH
     from stepforge.worlds.arith.policy import default_cache_dir, resolve_policy_dir
@@ -170,7 +172,15 @@ def demo(
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     _print_report(report, out)
-    console.print(f"done in {report['wall_seconds']} s")
+    if search:
+        from stepforge.prm.model import ProcessRewardModel
+        from stepforge.worlds.arith.policy import SHIPPED_PRM
+
+        hard = generate_problems(100, ArithConfig(min_steps=6, max_steps=8), seed=30_000 + seed, prefix="demo-search")
+        _run_search_report(hard, backend, ProcessRewardModel.from_pretrained(SHIPPED_PRM), ARITH,
+                           ["majority", "bon", "beam"], [4, 16], out / "search", 64, seed,
+                           "search with the world PRM: 100 problems of 6-8 steps")
+    console.print(f"done in {round(time.perf_counter() - start, 1)} s")
 
 
 @app.command()

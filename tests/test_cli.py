@@ -10,7 +10,7 @@ runner = CliRunner()
 
 def test_demo_writes_trajectories_and_summary(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--problems", "12", "--n", "4"])
+    result = runner.invoke(app, ["demo", "--out", str(out), "--problems", "12", "--n", "4", "--no-search"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     trajs = read_jsonl(out / "trajectories.jsonl", Trajectory)
