@@ -1,0 +1,120 @@
+"""Step-level credit assignment: pure functions on plain tensors (torch only, no model code).
+
+Inputs are per-step rewards r_1..r_T (a 1-D tensor), the token span of each step in the
+response, and the outcome R. Outputs are per-step returns or per-token advantages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def sum_form_returns(rewards: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """G_t = Σ_{k≥t} γ^{k−t} r_k (the usual discounted return; PURE's "sum-form")."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros((), dtype=rewards.dtype)
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def min_form_returns(rewards: torch.Tensor) -> torch.Tensor:
+    """PURE strict min-form (Cheng et al. 2025): G_t = min_{k≥t} r_k — a step is worth the
+    worst step still ahead, so a policy cannot bank reward by adding "good-looking" steps."""
+    return torch.flip(torch.cummin(torch.flip(rewards, [0]), 0).values, [0])
+
+
+def pure_soft_min_rewards(rewards: torch.Tensor, tau: float = 0.1, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PURE's implemented soft min-form (openrlhf/utils/utils.py, turn_process_reward_logits_to_reward):
+    w = softmax(−r/τ) over ALL steps of the response, r'_k = w_k · r_k; the trainer then takes
+    sum-form returns of r'. As τ → 0, w → one-hot on argmin r, so the return from the first
+    step (and from any step up to the argmin) → min_k r_k; later steps get 0. (DESIGN.md also
+    multiplies by T'; the code we read does not, so neither do we.)"""
+    if mask is None:
+        mask = torch.ones_like(rewards, dtype=torch.bool)
+    weights = torch.softmax((-rewards / tau).masked_fill(~mask, float("-inf")), dim=-1)
+    return (weights * rewards).masked_fill(~mask, 0.0)
+
+
+def soft_min_returns(rewards: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """A soft version of the strict min-form for every step:
+    G_t = Σ_{k≥t} softmax_{k≥t}(−r/τ)_k · r_k, which → min_{k≥t} r_k as τ → 0 for every t."""
+    out = torch.empty_like(rewards)
+    for t in range(rewards.shape[0]):
+        future = rewards[t:]
+        out[t] = (torch.softmax(-future / tau, 0) * future).sum()
+    return out
+
+
+def add_verifiable_reward(rewards: torch.Tensor, outcome: float, weight: float = 1.0) -> torch.Tensor:
+    """Mix the verifiable reward into process rewards: r_T ← r_T + weight · R (PURE's VR mix;
+    its "10% VR" applies this on 10% of the batch, which the caller decides)."""
+    out = rewards.clone()
+    if out.numel():
+        out[-1] = out[-1] + weight * outcome
+    return out
+
+
+def step_returns_to_tokens(step_values: torch.Tensor, spans: Sequence[tuple[int, int]], length: int,
+                           separator_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token values: each token of step t gets step_values[t]; tokens outside every step
+    and step-separator tokens get 0, so no gradient flows through them (PURE #20: unmasked
+    separators let the policy collapse to empty outputs)."""
+    out = torch.zeros(length, dtype=step_values.dtype)
+    for value, (start, end) in zip(step_values, spans, strict=True):
+        out[start:end] = value
+    if separator_mask is not None:
+        out = out.masked_fill(separator_mask, 0.0)
+    return out
+
+
+def group_normalize(values: torch.Tensor, groups: torch.Tensor, std: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO / RLOO-style baseline: subtract the mean of each group (the n samples of one
+    question) and, with ``std``, divide by its standard deviation. ``values`` is (B,) or
+    (B, S) for per-step / per-token baselines (normalised over all entries of the group)."""
+    dtype = torch.promote_types(values.dtype, torch.float32)  # keep float64 inputs in float64
+    out = torch.empty_like(values, dtype=dtype)
+    for g in torch.unique(groups):
+        idx = groups == g
+        v = values[idx].to(dtype)
+        centred = v - v.mean()
+        out[idx] = centred / (v.std(unbiased=False) + eps) if std and v.numel() > 1 else centred
+    return out
+
+
+def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): A_i = R_i − mean_{j≠i, same group} R_j."""
+    dtype = torch.promote_types(rewards.dtype, torch.float32)
+    out = torch.zeros_like(rewards, dtype=dtype)
+    for g in torch.unique(groups):
+        idx = torch.nonzero(groups == g).squeeze(-1)
+        r = rewards[idx].to(dtype)
+        n = r.numel()
+        out[idx] = r - (r.sum() - r) / (n - 1) if n > 1 else torch.zeros_like(r)
+    return out
+
+
+def gigpo_advantages(episode_returns: torch.Tensor, groups: torch.Tensor, step_returns: Sequence[torch.Tensor],
+                     step_states: Sequence[Sequence[str]], omega: float = 1.0, eps: float = 1e-6
+                     ) -> list[torch.Tensor]:
+    """GiGPO (Feng et al. 2025): episode advantage A^E_i = (R_i − mean R)/std R over the group,
+    plus a step advantage among steps of the group that start from the same state (anchor
+    states, compared by hash): A^S = (G_t − mean)/std over that anchor group. Per-step
+    advantage = A^E + ω·A^S; states seen once get A^S = 0."""
+    a_ep = group_normalize(episode_returns, groups)
+    anchors: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    for i, states in enumerate(step_states):
+        for t, s in enumerate(states):
+            anchors.setdefault((int(groups[i]), s), []).append((i, t))
+    out = [torch.full((len(states),), float(a_ep[i])) for i, states in enumerate(step_states)]
+    for members in anchors.values():
+        if len(members) < 2:
+            continue
+        g = torch.tensor([float(step_returns[i][t]) for i, t in members])
+        norm = (g - g.mean()) / (g.std(unbiased=False) + eps)
+        for (i, t), a in zip(members, norm, strict=True):
+            out[i][t] += omega * a
+    return out

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stepforge.train.credit import (
+    add_verifiable_reward,
+    gigpo_advantages,
+    group_normalize,
+    min_form_returns,
+    pure_soft_min_rewards,
+    rloo_advantages,
+    soft_min_returns,
+    step_returns_to_tokens,
+    sum_form_returns,
+)
+
+rewards = st.lists(st.floats(-1, 1, allow_nan=False, width=32), min_size=1, max_size=12).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float64))
+
+
+def test_hand_examples():
+    r = torch.tensor([0.5, -0.2, 0.8])
+    assert sum_form_returns(r).tolist() == pytest.approx([1.1, 0.6, 0.8])
+    assert sum_form_returns(r, gamma=0.5).tolist() == pytest.approx([0.5 - 0.1 + 0.2, -0.2 + 0.4, 0.8])
+    assert min_form_returns(r).tolist() == pytest.approx([-0.2, -0.2, 0.8])
+    w = [math.exp(-x / 0.1) for x in (0.5, -0.2, 0.8)]
+    expect = [wi / sum(w) * x for wi, x in zip(w, (0.5, -0.2, 0.8), strict=True)]
+    assert pure_soft_min_rewards(r, 0.1).tolist() == pytest.approx(expect, rel=1e-5)
+    assert add_verifiable_reward(r, 1.0).tolist() == pytest.approx([0.5, -0.2, 1.8])
+
+
+@given(rewards)
+def test_min_form_return_is_at_most_every_future_reward(r):
+    g = min_form_returns(r)
+    for t in range(len(r)):
+        assert torch.all(g[t] <= r[t:] + 1e-12)
+        assert g[t] in r[t:]
+
+
+@given(rewards)
+def test_sum_form_with_gamma_one_is_reversed_cumsum(r):
+    assert torch.allclose(sum_form_returns(r, 1.0), torch.flip(torch.cumsum(torch.flip(r, [0]), 0), [0]))
+
+
+@settings(deadline=None)
+@given(rewards)
+def test_soft_min_tends_to_strict_min_as_tau_shrinks(r):
+    assert torch.allclose(soft_min_returns(r, 1e-4), min_form_returns(r), atol=1e-3)
+    # PURE's variant: the return from the first step tends to the minimum
+    assert float(sum_form_returns(pure_soft_min_rewards(r, 1e-4))[0]) == pytest.approx(float(r.min()), abs=1e-3)
+
+
+@given(st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=2, max_size=16),
+       st.integers(1, 4))
+def test_group_baselines_have_zero_mean_per_group(values, n_groups):
+    v = torch.tensor(values, dtype=torch.float64)
+    groups = torch.arange(len(values)) % n_groups
+    for adv in (group_normalize(v, groups), group_normalize(v, groups, std=False), rloo_advantages(v, groups)):
+        for g in torch.unique(groups):
+            assert float(adv[groups == g].mean()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_rloo_by_hand():
+    adv = rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 0, 1]))
+    assert adv.tolist() == pytest.approx([1.0, -0.5, -0.5, 0.0])
+
+
+def test_tokens_and_separator_masking():
+    values = torch.tensor([0.5, -1.0])
+    spans = [(0, 3), (4, 6)]  # token 3 is the separator between the steps
+    sep = torch.tensor([False, False, False, True, False, False, True])
+    out = step_returns_to_tokens(values, spans, 7, separator_mask=sep)
+    assert out.tolist() == [0.5, 0.5, 0.5, 0.0, -1.0, -1.0, 0.0]
+
+
+def test_gigpo_by_hand():
+    # two episodes of one group that share their first state "s0"
+    ep = torch.tensor([1.0, 0.0])
+    groups = torch.tensor([0, 0])
+    step_returns = [torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0])]
+    states = [["s0", "a"], ["s0", "b"]]
+    adv = gigpo_advantages(ep, groups, step_returns, states, omega=0.5)
+    # A^E = ±1; at s0 the step returns 1 vs 0 normalise to ±1; "a"/"b" are seen once
+    assert adv[0].tolist() == pytest.approx([1.5, 1.0], abs=1e-4)
+    assert adv[1].tolist() == pytest.approx([-1.5, -1.0], abs=1e-4)
