@@ -538,7 +538,8 @@ def search(
     prm: Annotated[Path | None, typer.Option(help="PRM directory (default for world: the shipped world PRM)")] = None,
     prm_format: Annotated[str, typer.Option(help="stepforge | math-shepherd | qwen | rlhflow | token-classification")]
     = "stepforge",
-    methods: Annotated[str, typer.Option(help="comma list of majority,bon,bon_mean,weighted,oracle,beam,dvts,mcts")]
+    methods: Annotated[str, typer.Option(
+        help="comma list of greedy, majority, bon, bon_mean, weighted, oracle, beam, dvts, mcts")]
     = "majority,bon,beam",
     budgets: Annotated[str, typer.Option(help="comma list of N")] = "16",
     compare: Annotated[bool, typer.Option(help="all methods over N = 1, 2, 4, ..., 64")] = False,
@@ -568,7 +569,7 @@ def search(
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     budget_list = [int(b) for b in budgets.split(",") if b.strip()]
     if compare:
-        method_list = ["majority", "bon", "weighted", "beam", "dvts", "mcts", "oracle"]
+        method_list = ["greedy", "majority", "bon", "weighted", "beam", "dvts", "mcts", "oracle"]
         budget_list = [1, 2, 4, 8, 16, 32, 64]
     try:
         if data == "world":

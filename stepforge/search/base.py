@@ -82,13 +82,13 @@ def split_cost(total: SearchCost, n_problems: int) -> SearchCost:
 
 
 def sample_and_score(problems: Sequence[Problem], policy: Policy, scorer: Scorer | None, task: Task, n: int,
-                     seed: int, max_new_tokens: int = 256) -> tuple[list[list[Trajectory]], list[list[list[float]]],
-                                                                    SearchCost]:
+                     seed: int, max_new_tokens: int = 256, temperature: float = 1.0
+                     ) -> tuple[list[list[Trajectory]], list[list[list[float]]], SearchCost]:
     """n whole solutions per problem (one backend call) and their step scores (one PRM call)."""
     cost = SearchCost()
     start = time.perf_counter()
     batch = next(sample_trajectories(policy, problems, task, n=n, seed=seed, max_new_tokens=max_new_tokens,
-                                     batch_problems=len(problems)))
+                                     batch_problems=len(problems), temperature=temperature))
     cost.add_generation(batch.cost)
     flat = [t for t in batch.trajectories if t.steps]
     scores_flat: list[list[float]] = []
@@ -120,14 +120,14 @@ def select(problem: Problem, samples: list[Trajectory], scores: list[list[float]
 
 
 def whole_sample_search(problems: Sequence[Problem], policy: Policy, scorer: Scorer | None, task: Task, n: int, *,
-                        seed: int = 0, rule: str = "bon", aggregation: str = "min", max_new_tokens: int = 256
-                        ) -> list[SearchResult]:
+                        seed: int = 0, rule: str = "bon", aggregation: str = "min", max_new_tokens: int = 256,
+                        temperature: float = 1.0) -> list[SearchResult]:
     """Best-of-N (``bon``), PRM-weighted majority (``weighted``), majority vote or oracle over n
     independent samples per problem."""
     if rule in ("bon", "weighted") and scorer is None:
         raise ValueError(f"{rule} needs a PRM (scorer)")
     groups, scores, cost = sample_and_score(problems, policy, scorer if rule in ("bon", "weighted") else None,
-                                            task, n, seed, max_new_tokens)
+                                            task, n, seed, max_new_tokens, temperature)
     share = split_cost(cost, len(problems))
     out = []
     for p, samples, sc in zip(problems, groups, scores, strict=True):

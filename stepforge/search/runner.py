@@ -26,7 +26,14 @@ def _beam_like(fn, problems, policy, scorer, task, n, seed=0):
     return fn(problems, policy, scorer, task, n, width=min(4, n), seed=seed)
 
 
+def greedy(problems, policy, scorer, task, n, seed=0):
+    """One greedy (temperature 0) solution per problem, whatever the budget: the baseline that
+    every sampling method has to beat."""
+    return whole_sample_search(problems, policy, None, task, 1, rule="majority", temperature=0.0, seed=seed)
+
+
 METHODS: dict[str, Callable[..., list[SearchResult]]] = {
+    "greedy": greedy,
     "majority": partial(whole_sample_search, rule="majority"),
     "bon": partial(whole_sample_search, rule="bon", aggregation="min"),
     "bon_mean": partial(whole_sample_search, rule="bon", aggregation="mean"),

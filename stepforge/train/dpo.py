@@ -1,0 +1,101 @@
+"""Preference training on step pairs: DPO through TRL's DPOTrainer, and ORPO (no reference
+model; TRL ≥ 1.14 dropped its ORPOTrainer, so the loss is ours).
+
+Step pairs end at a step boundary, not at the end of a solution. TRL appends EOS to every
+completion that does not already end with the tokenizer's EOS string, which would teach the
+policy to stop after one step; TRL is therefore given a tokenizer copy whose EOS is the step
+separator. (TRL adds the tokenizer's own special tokens, BOS included, when it tokenizes.)
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import tempfile
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from stepforge.schema import StepPair
+
+
+def _rows(pairs: Sequence[StepPair]) -> list[dict[str, str]]:
+    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+
+
+def train_dpo(model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.1, lr: float = 5e-4, epochs: float = 1.0,
+              max_steps: int = -1, batch_size: int = 16, seed: int = 0, step_separator: str = "\n") -> list[dict]:
+    """DPO (Rafailov et al. 2023) on step pairs with TRL's DPOTrainer; the reference is a frozen
+    copy of ``model`` at the start. Trains ``model`` in place and returns the log history."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise ValueError("no step pairs to train on")
+    if not all(p.chosen.endswith(step_separator) and p.rejected.endswith(step_separator) for p in pairs):
+        raise ValueError(f"step pairs must end with the step separator {step_separator!r}")
+    dpo_tokenizer = copy.deepcopy(tokenizer)
+    dpo_tokenizer.eos_token = step_separator  # stops TRL from appending EOS after a step
+    if dpo_tokenizer.pad_token is None:
+        dpo_tokenizer.pad_token = tokenizer.eos_token
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(output_dir=tmp, beta=beta, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
+                         per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
+                         seed=seed, use_cpu=not torch.cuda.is_available(), max_length=1024)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows(pairs)),
+                             processing_class=dpo_tokenizer)
+        trainer.train()
+    model.eval()
+    return trainer.state.log_history
+
+
+def orpo_loss(mean_logp_chosen: torch.Tensor, mean_logp_rejected: torch.Tensor, lam: float = 0.1) -> torch.Tensor:
+    """ORPO (Hong et al. 2024; used by PRefLexOR): L = −log p(y_w) − λ·log σ(log odds(y_w) − log odds(y_l)),
+    with log p the mean token log-likelihood and odds(y) = p / (1 − p)."""
+    def log_odds(logp: torch.Tensor) -> torch.Tensor:
+        return logp - torch.log1p(-torch.exp(logp).clamp(max=1 - 1e-6))
+
+    ratio = F.logsigmoid(log_odds(mean_logp_chosen) - log_odds(mean_logp_rejected))
+    return (-mean_logp_chosen - lam * ratio).mean()
+
+
+def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    ids, starts = [], []
+    for p, c in zip(prompts, completions, strict=True):
+        prompt_ids = tokenizer(p).input_ids
+        full = tokenizer(p + c).input_ids
+        ids.append(full)
+        starts.append(len(prompt_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(map(len, ids))
+    x = torch.tensor([s + [pad] * (width - len(s)) for s in ids])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+    logp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
+    tok = logp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)
+    pos = torch.arange(width - 1)[None, :]
+    comp = (pos >= torch.tensor(starts)[:, None] - 1) & (mask[:, 1:] == 1)
+    return (tok * comp).sum(-1) / comp.sum(-1).clamp(min=1)
+
+
+def train_orpo(model, tokenizer, pairs: Sequence[StepPair], *, lam: float = 0.1, lr: float = 5e-4, steps: int = 100,
+               batch_size: int = 16, seed: int = 0) -> list[float]:
+    """ORPO on step pairs with a plain loop (no reference model). Returns the loss per step."""
+    if not pairs:
+        raise ValueError("no step pairs to train on")
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    history = []
+    for _ in range(steps):
+        batch = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]
+        prompts = [p.prompt for p in batch]
+        lw = _completion_mean_logp(model, tokenizer, prompts, [p.chosen for p in batch])
+        ll = _completion_mean_logp(model, tokenizer, prompts, [p.rejected for p in batch])
+        loss = orpo_loss(lw, ll, lam)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    model.eval()
+    return history
