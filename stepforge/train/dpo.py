@@ -4,7 +4,9 @@ model; TRL ≥ 1.14 dropped its ORPOTrainer, so the loss is ours).
 Step pairs end at a step boundary, not at the end of a solution. TRL appends EOS to every
 completion that does not already end with the tokenizer's EOS string, which would teach the
 policy to stop after one step; TRL is therefore given a tokenizer copy whose EOS is the step
-separator. (TRL adds the tokenizer's own special tokens, BOS included, when it tokenizes.)
+separator. A final (answer) step arrives without a separator and gets the real EOS here;
+TRL then appends the separator after it, which is harmless (nothing after EOS is ever
+generated). TRL adds the tokenizer's own special tokens, BOS included, when it tokenizes.
 """
 
 from __future__ import annotations
@@ -20,21 +22,26 @@ import torch.nn.functional as F
 from stepforge.schema import StepPair
 
 
-def _rows(pairs: Sequence[StepPair]) -> list[dict[str, str]]:
-    return [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+def _rows(pairs: Sequence[StepPair], eos: str, step_separator: str) -> list[dict[str, str]]:
+    def end(text: str) -> str:  # a final step ends the solution
+        return text if text.endswith(step_separator) else text + eos
+
+    return [{"prompt": p.prompt, "chosen": end(p.chosen), "rejected": end(p.rejected)} for p in pairs]
 
 
 def train_dpo(model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.1, lr: float = 5e-4, epochs: float = 1.0,
-              max_steps: int = -1, batch_size: int = 16, seed: int = 0, step_separator: str = "\n") -> list[dict]:
+              max_steps: int = -1, batch_size: int = 16, seed: int = 0, step_separator: str = "\n",
+              sft_weight: float = 0.0) -> list[dict]:
     """DPO (Rafailov et al. 2023) on step pairs with TRL's DPOTrainer; the reference is a frozen
-    copy of ``model`` at the start. Trains ``model`` in place and returns the log history."""
+    copy of ``model`` at the start. ``sft_weight`` > 0 adds TRL's NLL term on the chosen step
+    (RPO-style), which keeps a small policy from losing the chosen step's likelihood along
+    with the rejected one's. Trains ``model`` in place and returns the log history."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     if not pairs:
         raise ValueError("no step pairs to train on")
-    if not all(p.chosen.endswith(step_separator) and p.rejected.endswith(step_separator) for p in pairs):
-        raise ValueError(f"step pairs must end with the step separator {step_separator!r}")
+    rows = _rows(pairs, tokenizer.eos_token, step_separator)
     dpo_tokenizer = copy.deepcopy(tokenizer)
     dpo_tokenizer.eos_token = step_separator  # stops TRL from appending EOS after a step
     if dpo_tokenizer.pad_token is None:
@@ -42,8 +49,13 @@ def train_dpo(model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.1,
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, beta=beta, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
                          per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
-                         seed=seed, use_cpu=not torch.cuda.is_available(), max_length=1024)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows(pairs)),
+                         seed=seed, use_cpu=not torch.cuda.is_available(), max_length=1024,
+                         loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
+                         loss_weights=[1.0, sft_weight] if sft_weight > 0 else None)
+        # an explicit frozen copy: TRL would otherwise reload model.name_or_path (from a hub for
+        # models built from a config)
+        reference = copy.deepcopy(model).eval()
+        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
                              processing_class=dpo_tokenizer)
         trainer.train()
     model.eval()
@@ -79,19 +91,20 @@ def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: lis
 
 
 def train_orpo(model, tokenizer, pairs: Sequence[StepPair], *, lam: float = 0.1, lr: float = 5e-4, steps: int = 100,
-               batch_size: int = 16, seed: int = 0) -> list[float]:
+               batch_size: int = 16, seed: int = 0, step_separator: str = "\n") -> list[float]:
     """ORPO on step pairs with a plain loop (no reference model). Returns the loss per step."""
     if not pairs:
         raise ValueError("no step pairs to train on")
+    rows = _rows(pairs, tokenizer.eos_token, step_separator)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     history = []
     for _ in range(steps):
-        batch = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]
-        prompts = [p.prompt for p in batch]
-        lw = _completion_mean_logp(model, tokenizer, prompts, [p.chosen for p in batch])
-        ll = _completion_mean_logp(model, tokenizer, prompts, [p.rejected for p in batch])
+        batch = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
+        prompts = [r["prompt"] for r in batch]
+        lw = _completion_mean_logp(model, tokenizer, prompts, [r["chosen"] for r in batch])
+        ll = _completion_mean_logp(model, tokenizer, prompts, [r["rejected"] for r in batch])
         loss = orpo_loss(lw, ll, lam)
         opt.zero_grad()
         loss.backward()

@@ -5,6 +5,10 @@ prefix p_{k−1} = (question, s_1..s_{k−1}), rejected = s_k, and chosen = a st
 p_{k−1} whose continuation is verified to reach the right answer by rollouts (MC > 0, the
 most successful candidate wins). From search trees (MCTS-DPO): at a node with children,
 chosen = the highest-Q child's step, rejected = the lowest-Q child's.
+
+A completion ends with the step separator, except a final (answer) step, which ends with
+nothing: the trainer appends the end-of-solution token there. (Ending an answer step with
+the separator teaches the policy to keep writing after its answer.)
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from stepforge.label.rollouts import Query, RolloutEstimator
 from stepforge.schema import Problem, StepPair, Trajectory
 from stepforge.search.mcts import Node
 from stepforge.tasks import Task
+
+
+def _completion(step: str, task: Task) -> str:
+    return step if task.is_final_step(step) else step + task.step_stop
 
 
 def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Problem], policy: Policy, task: Task, *,
@@ -45,8 +53,8 @@ def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Proble
         best = max(scored, default=None)
         if best is None or best[0] <= 0:
             continue  # no verified alternative: no pair rather than a wrong "chosen"
-        pairs.append(StepPair(prompt=prompt, chosen=best[1] + task.step_stop,
-                              rejected=t.steps[t.first_error] + task.step_stop, problem_id=p.id,
+        pairs.append(StepPair(prompt=prompt, chosen=_completion(best[1], task),
+                              rejected=_completion(t.steps[t.first_error], task), problem_id=p.id,
                               step_index=t.first_error, meta={"chosen_mc": round(best[0], 4), "trajectory": t.id}))
     return pairs
 
@@ -65,8 +73,9 @@ def tree_pairs(problem: Problem, root: Node, task: Task, min_gap: float = 0.2) -
         hi = max(kids, key=lambda c: c.q)
         lo = min(kids, key=lambda c: c.q)
         if hi.q - lo.q >= min_gap and hi.steps[-1] != lo.steps[-1]:
-            pairs.append(StepPair(prompt=task.prefix_prompt(problem, node.steps), chosen=hi.steps[-1] + task.step_stop,
-                                  rejected=lo.steps[-1] + task.step_stop, problem_id=problem.id,
+            pairs.append(StepPair(prompt=task.prefix_prompt(problem, node.steps),
+                                  chosen=_completion(hi.steps[-1], task),
+                                  rejected=_completion(lo.steps[-1], task), problem_id=problem.id,
                                   step_index=len(node.steps), meta={"q_chosen": round(hi.q, 4),
                                                                     "q_rejected": round(lo.q, 4), "source": "tree"}))
     return pairs

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+from scripted import ScriptedArithPolicy
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from stepforge.label.methods import problem_of
+from stepforge.schema import StepPair, Trajectory
+from stepforge.search.mcts import Node
+from stepforge.tasks import ARITH
+from stepforge.train.dpo import _completion_mean_logp, orpo_loss, train_dpo
+from stepforge.train.pairs import step_dpo_pairs, tree_pairs
+from stepforge.worlds.arith.problems import ArithProblem, first_error
+from stepforge.worlds.arith.tokenizer import build_tokenizer
+
+P = ArithProblem(start=10, ops=(("+", 1), ("+", 2), ("*", 2), ("-", 3)))
+
+
+def wrong_at(k: int) -> Trajectory:
+    steps = list(P.steps)
+    head, value = steps[k].rsplit("=" if "=" in steps[k] else " ", 1)
+    steps[k] = f"{head}{'=' if '=' in steps[k] else ' '}{int(value) + 1}"
+    return Trajectory(id=f"w{k}", problem_id="p", question=P.question, steps=steps, correct=False, first_error=k)
+
+
+def test_orpo_loss_by_hand():
+    lw, ll = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.2)])
+    # log odds: 0 and log(0.25); ratio term −log σ(log 4)
+    expected = -math.log(0.5) - 0.1 * math.log(1 / (1 + 0.25))
+    assert orpo_loss(lw, ll, 0.1).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_step_dpo_pairs_choose_a_verified_step(k):
+    t = wrong_at(k)
+    [pair] = step_dpo_pairs([t], [problem_of(t, ARITH, None)], ScriptedArithPolicy(good=2), ARITH, candidates=4, k=4)
+    assert pair.prompt == ARITH.prefix_prompt(problem_of(t, ARITH, None), t.steps[:k])
+    assert pair.rejected.strip() == t.steps[k] and pair.step_index == k
+    prev = t.steps[:k]
+    assert first_error(P.question, [*prev, pair.chosen.strip()]) is None  # the verified step is right
+    final = ARITH.is_final_step(t.steps[k])
+    assert pair.chosen.endswith("\n") != final and pair.rejected.endswith("\n") != final  # answers end the solution
+
+
+def test_no_pair_without_a_verified_alternative():
+    t = wrong_at(1)
+    assert step_dpo_pairs([t], [problem_of(t, ARITH, None)], ScriptedArithPolicy(good=0), ARITH) == []
+
+
+def test_tree_pairs_best_vs_worst_child():
+    problem = P.to_problem("p")
+    root = Node(())
+    good = Node((P.steps[0],), parent=root, visits=2, value_sum=2.0)
+    bad = Node(("a+1=12",), parent=root, visits=2, value_sum=0.0)
+    root.children = [good, bad]
+    [pair] = tree_pairs(problem, root, ARITH)
+    assert pair.chosen == P.steps[0] + "\n" and pair.rejected == "a+1=12\n" and pair.step_index == 0
+    assert tree_pairs(problem, Node(()), ARITH) == []
+
+
+def test_trl_dpo_learns_the_preference_without_eos_after_a_step():
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                                         bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    pairs = [StepPair(prompt="5 a+1 b*2\na+1=6\n", chosen="b*2=12\n", rejected="b*2=13\n", problem_id="p",
+                      step_index=1),
+             StepPair(prompt="5 a+1\na+1=6\n", chosen="Answer: 6", rejected="Answer: 7", problem_id="q", step_index=1)]
+    prompts = [p.prompt for p in pairs]
+
+    def margin():
+        with torch.no_grad():
+            w = _completion_mean_logp(model, tok, prompts, ["b*2=12\n", "Answer: 6</s>"])
+            lo = _completion_mean_logp(model, tok, prompts, ["b*2=13\n", "Answer: 7</s>"])
+        return (w - lo).tolist()
+
+    before = margin()
+    train_dpo(model, tok, pairs, beta=0.5, lr=1e-2, max_steps=30, batch_size=2)
+    after = margin()
+    assert all(a > b + 0.5 for a, b in zip(after, before, strict=True))
+    assert tok.eos_token == "</s>"  # the caller's tokenizer is untouched
