@@ -16,8 +16,7 @@ import argparse
 import json
 import time
 
-import torch
-from transformers.utils import logging as hf_logging
+from _common import quiet_cpu
 
 from stepforge.backends import make_policy
 from stepforge.label.methods import label_binary, label_mc, problem_of
@@ -33,8 +32,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
+    quiet_cpu(1)
     policy = make_policy("world")
     problems = generate_problems(args.trajectories, ArithConfig(min_steps=8, max_steps=12), seed=args.seed + 77)
     sampled = [t for b in sample_trajectories(policy, problems, ARITH, n=4, max_new_tokens=160, seed=args.seed)

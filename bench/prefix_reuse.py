@@ -15,8 +15,7 @@ import argparse
 import json
 import time
 
-import torch
-from transformers.utils import logging as hf_logging
+from _common import quiet_cpu
 
 from stepforge.backends import make_policy
 from stepforge.backends.transformers_backend import TransformersPolicy
@@ -50,8 +49,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    hf_logging.disable_progress_bar()
+    quiet_cpu(args.threads)
     reuse = make_policy("world")
     naive = TransformersPolicy(reuse.model, reuse.tokenizer, reuse_prefix=False)
     rows = []

@@ -16,7 +16,7 @@ import json
 import time
 
 import torch
-from transformers.utils import logging as hf_logging
+from _common import quiet_cpu
 
 from stepforge.prm.model import PRMConfig, ProcessRewardModel
 from stepforge.sample import sample_trajectories
@@ -42,9 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_cpu(1)
     policy_dir = resolve_policy_dir()
     prm = ProcessRewardModel.from_backbone(policy_dir, PRMConfig(readout="prefix_min", token_logprob_feature=True))
     torch.manual_seed(0)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-from transformers.utils import logging as hf_logging
+from _common import quiet_cpu
 
 from stepforge.backends import make_policy
 from stepforge.prm.model import ProcessRewardModel
@@ -28,9 +27,7 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=300)
     ap.add_argument("--n", type=int, default=16)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_cpu(1)
     policy = make_policy("world")
     prm = ProcessRewardModel.from_pretrained(SHIPPED_PRM)
     problems = generate_problems(args.problems, ArithConfig(min_steps=6, max_steps=8), seed=32)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stepforge.schema import RecordError, Trajectory
+from stepforge.schema import RecordError, Trajectory, iter_json_lines
 
 FORMATS = ("processbench", "prm800k", "math-shepherd", "trl")
 
@@ -36,12 +36,7 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(rows):
             yield f"{path}: item {i}", row
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    yield from iter_json_lines(path)
 
 
 def _require(row: Any, where: str, *keys: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stepforge.schema import Problem, RecordError, Trajectory
+from stepforge.schema import Problem, RecordError, Trajectory, iter_json_lines
 
 _GSM8K_FINAL = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
@@ -50,17 +50,10 @@ def strip_annotations(text: str) -> str:
 
 
 def _iter_jsonl_dicts(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, row
+    for where, row in iter_json_lines(path):
+        if not isinstance(row, dict):
+            raise RecordError(f"{where}: expected a JSON object")
+        yield int(where.rsplit(":", 1)[1]), row
 
 
 def load_gsm8k(split_or_path: str = "test", limit: int | None = None) -> list[Problem]:

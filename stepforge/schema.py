@@ -112,22 +112,28 @@ def parse_record(data: Any, model: type[Record], where: str) -> Record:
         raise RecordError(f"{where}: invalid {model.__name__}: {_describe(err)}") from None
 
 
-def iter_jsonl(path: str | Path, model: type[Record]) -> Iterator[Record]:
-    """Yield validated records; blank lines are skipped, a bad line raises naming file:line.
-
-    A truncated last line (a write cut off by a crash) is also an error: resumable writers
-    call :func:`repair_jsonl_tail` before appending so this never happens to our own files.
-    """
+def iter_json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(``file:line``, decoded value) for each non-blank line; malformed JSON raises naming
+    the file and line."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as err:
                 raise RecordError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            yield parse_record(data, model, f"{path}:{lineno}")
+
+
+def iter_jsonl(path: str | Path, model: type[Record]) -> Iterator[Record]:
+    """Yield validated records; blank lines are skipped, a bad line raises naming file:line.
+
+    A truncated last line (a write cut off by a crash) is also an error: resumable writers
+    call :func:`repair_jsonl_tail` before appending so this never happens to our own files.
+    """
+    for where, data in iter_json_lines(path):
+        yield parse_record(data, model, where)
 
 
 def read_jsonl(path: str | Path, model: type[Record]) -> list[Record]:
