@@ -1,0 +1,95 @@
+"""The PURE claim in the built-in world: outcome-only GRPO vs sum-form PRM credit vs min-form
+vs min-form + 10% verifiable rewards. Same policy, same learned PRM, same seed, same steps.
+
+Held-out accuracy (200 problems of 6–8 steps, 4 samples each at temperature 1) is measured
+before training and every ``--eval-every`` steps; the hacking monitors of the last step are
+reported per variant. Prints one JSON line and writes a plot of accuracy vs RL step.
+
+    python bench/credit_assignment.py [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from _common import quiet_cpu
+
+from stepforge.backends import make_policy
+from stepforge.backends.transformers_backend import TransformersPolicy
+from stepforge.eval.sampling import sampling_report
+from stepforge.prm.model import ProcessRewardModel
+from stepforge.sample import sample_trajectories
+from stepforge.tasks import ARITH
+from stepforge.train.rl import RLConfig, train_rl
+from stepforge.worlds.arith.policy import SHIPPED_PRM
+from stepforge.worlds.arith.problems import ArithConfig, generate_problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--plot", default="docs/credit_assignment_world.png")
+    args = ap.parse_args()
+    quiet_cpu()
+    base = make_policy("world")
+    prm = ProcessRewardModel.from_pretrained(SHIPPED_PRM)
+    held_out = generate_problems(200, ArithConfig(min_steps=6, max_steps=8), seed=99_001, prefix="heldout")
+
+    def accuracy(model) -> float:
+        policy = TransformersPolicy(model, base.tokenizer)
+        samples = [t for b in sample_trajectories(policy, held_out, ARITH, n=4, seed=7, max_new_tokens=96)
+                   for t in b.trajectories]
+        return round(sampling_report(held_out, samples, ARITH)["sample_accuracy"], 4)
+
+    start_acc = accuracy(base.model)
+    curves, hacking = {}, {}
+    for credit in ("outcome", "sum", "min", "min_vr"):
+        model = copy.deepcopy(base.model)
+        curve = [(0, start_acc)]
+        out = Path(tempfile.mkdtemp(prefix=f"rl-{credit}-"))
+        for upto in range(args.eval_every, args.steps + 1, args.eval_every):
+            history = train_rl(model, base.tokenizer, out, RLConfig(credit=credit, steps=upto, lr=args.lr,
+                                                                    save_every=args.eval_every), scorer=prm)
+            curve.append((upto, accuracy(model)))
+        shutil.rmtree(out, ignore_errors=True)
+        curves[credit] = curve
+        last = history[-1]
+        hacking[credit] = {k: last[k] for k in ("mean_tokens", "mean_steps", "empty_share", "no_answer_share",
+                                                "no_separator_share", "prm_verifier_gap", "kl")}
+        hacking[credit]["warnings"] = sorted({w for h in history for w in h["warnings"]})
+    final = {k: v[-1][1] for k, v in curves.items()}
+    target = final["outcome"]
+    reach = next((s for s, a in curves["min"] if s > 0 and a >= target), None)
+    _plot(curves, args.plot)
+    print(json.dumps({"bench": "credit_assignment", "steps": args.steps, "start_acc": start_acc, "acc": final,
+                      "curves": curves, "steps_to_outcome_final_acc": {"min": reach}, "hacking": hacking}))
+
+
+def _plot(curves, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, curve in curves.items():
+        ax.plot([s for s, _ in curve], [a for _, a in curve], marker="o", label=name)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("held-out sampled accuracy")
+    ax.set_title("credit assignment in the arithmetic world")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

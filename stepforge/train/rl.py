@@ -1,0 +1,255 @@
+"""RL with step-level credit on the built-in world: GRPO-style policy gradient with PPO
+clipping and a KL penalty to the initial policy, token advantages from :mod:`credit`.
+
+Per step: sample ``samples_per_problem`` solutions for each of ``problems_per_step`` fresh
+problems, reward them (verifier outcome R ∈ {0, 1}; PRM step rewards r_t = 2·p_t − 1, as
+PURE's P(good) − P(bad)), turn rewards into per-token advantages with the chosen credit
+form, and take ``ppo_epochs`` clipped updates:
+
+    L = −mean_tokens min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β_KL · mean_tokens KL_k3(π‖π_ref)
+
+Credit forms: ``outcome`` (GRPO: A = group-normalised R on every token), ``sum`` (γ = 1
+returns of r), ``min`` (PURE strict min-form), ``min_vr`` (min-form plus the verifiable
+reward R − 1 on the last step, on a ``vr_share`` of the problems). Step-separator tokens
+get no advantage (PURE #20). Metrics and hacking monitors go to ``metrics.jsonl`` every
+step; a checkpoint (model, optimizer, step) is written every ``save_every`` steps and a
+re-run resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stepforge.backends.transformers_backend import TransformersPolicy
+from stepforge.sample import sample_trajectories
+from stepforge.schema import Trajectory
+from stepforge.tasks import ARITH, Task
+from stepforge.train.credit import (
+    add_verifiable_reward,
+    group_normalize,
+    min_form_returns,
+    sum_form_returns,
+)
+from stepforge.worlds.arith.problems import ArithConfig, generate_problems
+
+CREDITS = ("outcome", "sum", "min", "min_vr")
+
+
+@dataclass
+class RLConfig:
+    credit: str = "min"
+    steps: int = 60
+    problems_per_step: int = 16
+    samples_per_problem: int = 8
+    lr: float = 2e-5
+    clip: float = 0.2
+    kl_coef: float = 0.05
+    ppo_epochs: int = 2
+    vr_share: float = 0.1
+    max_new_tokens: int = 96
+    save_every: int = 10
+    seed: int = 0
+    world: ArithConfig = field(default_factory=lambda: ArithConfig(min_steps=6, max_steps=8))
+
+    def __post_init__(self) -> None:
+        if self.credit not in CREDITS:
+            raise ValueError(f"unknown credit form {self.credit!r}; choose from {', '.join(CREDITS)}")
+
+
+def hacking_monitors(trajectories: Sequence[Trajectory], prm_scores: Sequence[Sequence[float]] | None,
+                     tokens: Sequence[int]) -> dict[str, float]:
+    """Signals of reward hacking, per batch: length and step count, share of empty outputs,
+    of outputs without an answer, of outputs that never use the step separator (one line), and
+    the gap between the PRM's mean final score and the verifier's accuracy."""
+    n = max(1, len(trajectories))
+    out = {
+        "mean_tokens": sum(tokens) / n,
+        "mean_steps": sum(len(t.steps) for t in trajectories) / n,
+        "empty_share": sum(not t.steps for t in trajectories) / n,
+        "no_answer_share": sum(t.final_answer is None for t in trajectories) / n,
+        "no_separator_share": sum(len(t.steps) <= 1 for t in trajectories) / n,
+        "accuracy": sum(bool(t.correct) for t in trajectories) / n,
+    }
+    if prm_scores is not None:
+        finals = [s[-1] if s else 0.0 for s in prm_scores]
+        out["prm_final_mean"] = sum(finals) / n
+        out["prm_verifier_gap"] = out["prm_final_mean"] - out["accuracy"]
+    return out
+
+
+def drift_warnings(first: dict[str, float], now: dict[str, float]) -> list[str]:
+    """Alerts when the monitors move far from where training started."""
+    warnings = []
+    if first["mean_tokens"] and abs(now["mean_tokens"] / first["mean_tokens"] - 1) > 0.5:
+        warnings.append(f"mean length drifted {first['mean_tokens']:.1f} -> {now['mean_tokens']:.1f} tokens")
+    for key in ("empty_share", "no_answer_share", "no_separator_share"):
+        if now[key] - first[key] > 0.1:
+            warnings.append(f"{key} rose {first[key]:.2f} -> {now[key]:.2f}")
+    if "prm_verifier_gap" in now and now["prm_verifier_gap"] - first.get("prm_verifier_gap", 0.0) > 0.2:
+        warnings.append(f"PRM score outruns the verifier: gap {now['prm_verifier_gap']:+.2f}")
+    return warnings
+
+
+def _token_layout(tokenizer, prompt: str, completion: str, steps: Sequence[str], sep: str
+                  ) -> tuple[list[int], int, list[int]]:
+    """Token ids of prompt + completion, where the completion starts, and for each completion
+    token its step index (−1 for separators), by character offsets."""
+    enc = tokenizer(prompt + completion, return_offsets_mapping=True)
+    starts = [a for a, _ in enc["offset_mapping"]]
+    first = next((i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= len(prompt)), len(starts))
+    spans, cursor = [], len(prompt)
+    for s in steps:
+        at = (prompt + completion).find(s, cursor)
+        spans.append((at, at + len(s)))
+        cursor = at + len(s)
+    step_of = []
+    for a, b in enc["offset_mapping"][first:]:
+        k = next((i for i, (x, y) in enumerate(spans) if x <= a < y), -1) if b > a else -1
+        step_of.append(k)
+    return enc["input_ids"], first, step_of
+
+
+def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLConfig, rng: random.Random
+                ) -> list[torch.Tensor]:
+    """Per-step advantages for each trajectory (outcome: one value per trajectory)."""
+    outcome = torch.tensor([float(bool(t.correct)) for t in batch])
+    g = torch.tensor(groups)
+    if cfg.credit == "outcome":
+        a = group_normalize(outcome, g)
+        return [torch.full((max(1, len(t.steps)),), float(a[i])) for i, t in enumerate(batch)]
+    vr_groups = {gid for gid in set(groups) if rng.random() < cfg.vr_share}
+    returns = []
+    for i, t in enumerate(batch):
+        r = torch.tensor([2 * p - 1 for p in prm_scores[i]]) if t.steps else torch.tensor([-1.0])
+        if cfg.credit == "min_vr" and groups[i] in vr_groups:
+            r = add_verifiable_reward(r, float(outcome[i]) - 1.0)
+        returns.append(sum_form_returns(r) if cfg.credit == "sum" else min_form_returns(r))
+    # normalise every step's return within its group of samples (GRPO over steps)
+    flat = torch.cat(returns)
+    owner = torch.cat([torch.full((len(r),), groups[i]) for i, r in enumerate(returns)])
+    norm = group_normalize(flat, owner)
+    out, k = [], 0
+    for r in returns:
+        out.append(norm[k:k + len(r)])
+        k += len(r)
+    return out
+
+
+def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, task: Task = ARITH,
+             on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) RL; returns the metrics of every step, including resumed ones."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.credit != "outcome" and scorer is None:
+        raise ValueError(f"credit {cfg.credit!r} needs a PRM (scorer)")
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    start = _resume(out, model, opt)
+    metrics_path = out / "metrics.jsonl"
+    history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    history = history[:start]
+    policy = TransformersPolicy(model, tokenizer)
+    pad = tokenizer.pad_token_id
+    for step in range(start, cfg.steps):
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        problems = generate_problems(cfg.problems_per_step, cfg.world, seed=cfg.seed * 100_000 + step, prefix="rl")
+        model.eval()
+        batch = next(sample_trajectories(policy, problems, task, n=cfg.samples_per_problem, seed=step,
+                                         max_new_tokens=cfg.max_new_tokens, batch_problems=len(problems)))
+        trajs = batch.trajectories
+        groups = [i // cfg.samples_per_problem for i in range(len(trajs))]
+        scores = scorer.score([t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []})
+                               for t in trajs]) if scorer is not None else None
+        adv_steps = _advantages(trajs, groups, scores, cfg, rng)
+        prompts = [task.build_prompt(p) for p in problems for _ in range(cfg.samples_per_problem)]
+        rows = []
+        for t, prompt, adv in zip(trajs, prompts, adv_steps, strict=True):
+            completion = task.step_stop.join(t.steps)
+            ids, first, step_of = _token_layout(tokenizer, prompt, completion, t.steps, task.step_stop)
+            ids = ids + [tokenizer.eos_token_id]
+            step_of = step_of + [len(t.steps) - 1 if t.steps else -1]  # EOS belongs to the last step
+            tok_adv = [float(adv[min(k, len(adv) - 1)]) if k >= 0 else 0.0 for k in step_of]
+            if cfg.credit == "outcome":
+                tok_adv = [float(adv[0])] * len(step_of)  # outcome credit: every token, separators too
+            rows.append((ids, first, tok_adv, [k >= 0 or cfg.credit == "outcome" for k in step_of]))
+        width = max(len(r[0]) for r in rows)
+        ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
+        attn = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows])
+        adv = torch.zeros(len(rows), width - 1)
+        act = torch.zeros(len(rows), width - 1, dtype=torch.bool)
+        for i, (seq, first, tok_adv, used) in enumerate(rows):
+            n = len(tok_adv)
+            adv[i, first - 1:first - 1 + n] = torch.tensor(tok_adv)
+            act[i, first - 1:first - 1 + n] = torch.tensor(used)
+        with torch.no_grad():
+            old = _logprobs(model, ids, attn)
+            ref = _logprobs(reference, ids, attn)
+        model.train()
+        for _ in range(cfg.ppo_epochs):
+            new = _logprobs(model, ids, attn)
+            ratio = torch.exp(new - old)
+            pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
+            kl = torch.exp(ref - new) - (ref - new) - 1  # k3 estimator of KL(π‖π_ref)
+            loss = ((pg + cfg.kl_coef * kl) * act).sum() / act.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        model.eval()
+        row = {"step": step + 1, "loss": round(loss.item(), 5),
+               "kl": round(float((kl.detach() * act).sum() / act.sum().clamp(min=1)), 5),
+               **{k: round(v, 5) for k, v in hacking_monitors(trajs, scores,
+                                                              [t.cost.generated_tokens for t in trajs]).items()}}
+        row["warnings"] = drift_warnings(history[0], row) if history else []
+        history.append(row)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if on_step:
+            on_step(row)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            _save(out, model, opt, step + 1, cfg)
+    return history
+
+
+def _save(out: Path, model, opt, step: int, cfg: RLConfig) -> None:
+    tmp = out / "checkpoint.tmp"
+    tmp.mkdir(exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                "config": json.loads(json.dumps(asdict(cfg), default=str))}, tmp / "state.pt")
+    os.replace(tmp / "state.pt", out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
+    tmp.rmdir()
+    metrics = out / "metrics.jsonl"  # metrics after the checkpoint would be redone on resume
+    lines = metrics.read_text().splitlines()[:step] if metrics.exists() else []
+    metrics.write_text("".join(x + "\n" for x in lines))
+
+
+def _resume(out: Path, model, opt) -> int:
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.exists():
+        if (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()  # no checkpoint: those steps are redone from scratch
+        return 0
+    state = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    lines = (out / "metrics.jsonl").read_text().splitlines()[:state["step"]] if (out / "metrics.jsonl").exists() else []
+    (out / "metrics.jsonl").write_text("".join(x + "\n" for x in lines))
+    return int(state["step"])
