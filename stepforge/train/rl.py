@@ -99,8 +99,7 @@ def drift_warnings(first: dict[str, float], now: dict[str, float]) -> list[str]:
     return warnings
 
 
-def _token_layout(tokenizer, prompt: str, completion: str, steps: Sequence[str], sep: str
-                  ) -> tuple[list[int], int, list[int]]:
+def _token_layout(tokenizer, prompt: str, completion: str, steps: Sequence[str]) -> tuple[list[int], int, list[int]]:
     """Token ids of prompt + completion, where the completion starts, and for each completion
     token its step index (−1 for separators), by character offsets."""
     enc = tokenizer(prompt + completion, return_offsets_mapping=True)
@@ -181,9 +180,9 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         rows = []
         for t, prompt, adv in zip(trajs, prompts, adv_steps, strict=True):
             completion = task.step_stop.join(t.steps)
-            ids, first, step_of = _token_layout(tokenizer, prompt, completion, t.steps, task.step_stop)
-            ids = ids + [tokenizer.eos_token_id]
-            step_of = step_of + [len(t.steps) - 1 if t.steps else -1]  # EOS belongs to the last step
+            ids, first, step_of = _token_layout(tokenizer, prompt, completion, t.steps)
+            ids = [*ids, tokenizer.eos_token_id]
+            step_of = [*step_of, len(t.steps) - 1 if t.steps else -1]  # EOS belongs to the last step
             tok_adv = [float(adv[min(k, len(adv) - 1)]) if k >= 0 else 0.0 for k in step_of]
             if cfg.credit == "outcome":
                 tok_adv = [float(adv[0])] * len(step_of)  # outcome credit: every token, separators too
@@ -193,7 +192,7 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         attn = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows])
         adv = torch.zeros(len(rows), width - 1)
         act = torch.zeros(len(rows), width - 1, dtype=torch.bool)
-        for i, (seq, first, tok_adv, used) in enumerate(rows):
+        for i, (_ids, first, tok_adv, used) in enumerate(rows):
             n = len(tok_adv)
             adv[i, first - 1:first - 1 + n] = torch.tensor(tok_adv)
             act[i, first - 1:first - 1 + n] = torch.tensor(used)
