@@ -591,6 +591,121 @@ def search(
 
 
 @app.command()
+def pairs(
+    input: Annotated[Path, typer.Option("--input", "-i", help="labeled trajectories (first_error set)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="step pairs (JSONL, TRL DPO columns)")],
+    candidates: Annotated[int, typer.Option(help="alternative steps sampled per first error")] = 8,
+    k: Annotated[int, typer.Option(help="rollouts verifying each alternative")] = 4,
+    task: str = "arith",
+    problems: Annotated[str | None, typer.Option(help="problems with answers (e.g. gsm8k:test)")] = None,
+    backend: str = "world",
+    model: str | None = None,
+    base_url: str | None = None,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Step-DPO pairs: rejected = the first wrong step, chosen = a rollout-verified alternative."""
+    from stepforge.backends import BackendError
+    from stepforge.label.methods import problem_of
+    from stepforge.schema import RecordError, Trajectory, read_records, write_jsonl
+    from stepforge.tasks import get_task
+    from stepforge.train.pairs import step_dpo_pairs
+
+    _quiet_hf(threads)
+    try:
+        chosen_task = get_task(task)
+        data = [t for t in read_records(input, Trajectory) if t.first_error is not None]
+        index = _problems_index(problems)
+        result = step_dpo_pairs(data, [problem_of(t, chosen_task, index) for t in data],
+                                _backend_options_policy(backend, model, base_url), chosen_task,
+                                candidates=candidates, k=k, seed=seed)
+    except (RecordError, FileNotFoundError, ValueError, BackendError) as err:
+        raise _fail(str(err)) from None
+    write_jsonl(out, result)
+    console.print(f"{len(result)} pairs from {len(data)} trajectories with a first error; wrote [bold]{out}[/bold]")
+
+
+@app.command("train-dpo")
+def train_dpo_cmd(
+    pairs_file: Annotated[Path, typer.Option("--pairs", help="step pairs (JSONL)")],
+    out: Annotated[Path, typer.Option(help="output policy directory")],
+    policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
+    orpo: Annotated[bool, typer.Option(help="ORPO instead of DPO (no reference model)")] = False,
+    beta: float = 0.1,
+    lr: float = 3e-5,
+    epochs: float = 1.0,
+    sft_weight: Annotated[float, typer.Option(help="DPO: weight of an NLL term on the chosen step")] = 0.0,
+    threads: Threads = 1,
+) -> None:
+    """Train a policy on step pairs with TRL's DPOTrainer (or ORPO) and save it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepforge.schema import RecordError, StepPair, read_records
+    from stepforge.train.dpo import train_dpo, train_orpo
+    from stepforge.worlds.arith.policy import resolve_policy_dir
+
+    _quiet_hf(threads)
+    try:
+        data = read_records(pairs_file, StepPair)
+        where = policy or str(resolve_policy_dir())
+        model, tok = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
+        if orpo:
+            train_orpo(model, tok, data, lr=lr, steps=max(1, int(epochs * len(data) / 16)))
+        else:
+            train_dpo(model, tok, data, beta=beta, lr=lr, epochs=epochs, sft_weight=sft_weight)
+    except (RecordError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    console.print(f"trained on {len(data)} pairs; saved to [bold]{out}[/bold] (use it with --backend transformers "
+                  f"--model {out})")
+
+
+@app.command()
+def rl(
+    out: Annotated[Path, typer.Option(help="run directory (metrics.jsonl, checkpoint.pt); re-run resumes")],
+    credit: Annotated[str, typer.Option(help="outcome | sum | min | min_vr")] = "min",
+    steps: int = 60,
+    lr: float = 2e-5,
+    kl_coef: float = 0.05,
+    problems_per_step: int = 16,
+    samples_per_problem: int = 8,
+    prm: Annotated[Path | None, typer.Option(help="PRM directory (default: the shipped world PRM)")] = None,
+    policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """RL on the built-in world with step-level credit assignment and hacking monitors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepforge.prm.model import ProcessRewardModel
+    from stepforge.train.rl import RLConfig, train_rl
+    from stepforge.worlds.arith.policy import SHIPPED_PRM, resolve_policy_dir
+
+    _quiet_hf(threads)
+    try:
+        cfg = RLConfig(credit=credit, steps=steps, lr=lr, kl_coef=kl_coef, problems_per_step=problems_per_step,
+                       samples_per_problem=samples_per_problem, seed=seed)
+        where = policy or str(resolve_policy_dir())
+        model, tok = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
+        scorer = None if credit == "outcome" else ProcessRewardModel.from_pretrained(prm or SHIPPED_PRM)
+        with _progress() as bar:
+            t = bar.add_task(f"RL ({credit})", total=steps, rate="")
+
+            def on_step(row) -> None:
+                bar.update(t, completed=row["step"], rate=f"acc {row['accuracy']:.2f} len {row['mean_tokens']:.0f}")
+                for w in row["warnings"]:
+                    console.print(f"[yellow]step {row['step']}: {w}[/yellow]")
+
+            train_rl(model, tok, out, cfg, scorer, on_step=on_step)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    model.save_pretrained(out / "policy")
+    tok.save_pretrained(out / "policy")
+    console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; policy in [bold]{out / 'policy'}[/bold]")
+
+
+@app.command()
 def serve(
     backend: str = "world",
     model: str | None = None,

@@ -55,3 +55,32 @@ def test_rl_resumes_from_its_checkpoint(tmp_path, world_policy, credit):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
     assert (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_cli_pairs_train_dpo_and_rl(tmp_path):
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+    from stepforge.schema import StepPair, read_jsonl
+
+    run = CliRunner().invoke
+    r = run(app, ["sample", "--data", "world", "--limit", "12", "--n", "4", "--out", str(tmp_path / "s"),
+                  "--no-greedy"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["pairs", "-i", str(tmp_path / "s/trajectories.jsonl"), "-o", str(tmp_path / "pairs.jsonl")])
+    assert r.exit_code == 0, r.output
+    pairs = read_jsonl(tmp_path / "pairs.jsonl", StepPair)
+    assert pairs and all(p.chosen != p.rejected for p in pairs)
+    r = run(app, ["train-dpo", "--pairs", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "dpo")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "dpo" / "config.json").exists()
+    args = ["rl", "--out", str(tmp_path / "rl"), "--credit", "min", "--steps", "2", "--problems-per-step", "2",
+            "--samples-per-problem", "2", "--policy", str(tmp_path / "dpo")]
+    r = run(app, args)
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert args[5:7] == ["--steps", "2"]
+    r = run(app, [*args[:6], "3", *args[7:]])  # extend to 3 steps: resumes after step 2
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["step"] for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
