@@ -51,10 +51,12 @@ def main() -> None:
     start_acc = accuracy(base.model)
     curves, hacking = {}, {}
     for credit in ("outcome", "sum", "min", "min_vr"):
-        model = copy.deepcopy(base.model)
         curve = [(0, start_acc)]
         out = Path(tempfile.mkdtemp(prefix=f"rl-{credit}-"))
         for upto in range(args.eval_every, args.steps + 1, args.eval_every):
+            # a fresh copy of the initial policy each time: it is the KL reference, and the run
+            # resumes its trained weights from the checkpoint
+            model = copy.deepcopy(base.model)
             history = train_rl(model, base.tokenizer, out, RLConfig(credit=credit, steps=upto, lr=args.lr,
                                                                     save_every=args.eval_every), scorer=prm)
             curve.append((upto, accuracy(model)))

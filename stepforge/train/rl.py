@@ -150,7 +150,10 @@ def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, task: Task = ARITH,
              on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) RL; returns the metrics of every step, including resumed ones."""
+    """Run (or resume) RL; returns the metrics of every step, including resumed ones.
+
+    ``model`` must be the initial policy: it is copied as the frozen KL reference before the
+    checkpoint (if any) is loaded into it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.credit != "outcome" and scorer is None:
