@@ -1,0 +1,90 @@
+"""stepforge credit assignment as verl advantage estimators (no fork of verl).
+
+verl calls an advantage estimator as ``fn(token_level_rewards, response_mask, index, config=None, **kw)``
+with (bs, L) tensors and a per-row group id array, and expects ``(advantages, returns)``
+of shape (bs, L). Here a process-reward manager writes each step's reward r_t on the last
+token of that step (a reward of exactly 0 must be written as a tiny non-zero value, since
+non-zero entries mark step ends). Each row's step rewards are turned into step returns
+(min-form or sum-form), spread over the step's tokens, and normalised GRPO-style within the
+group of samples of one prompt. Tokens outside ``response_mask`` get 0.
+
+    from stepforge.train.verl_plugin import register_verl_estimators
+    register_verl_estimators()          # then algorithm.adv_estimator=stepforge_min in the verl config
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from stepforge.train.credit import group_normalize, min_form_returns, sum_form_returns
+
+ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "stepforge_min": min_form_returns,
+    "stepforge_sum": sum_form_returns,
+}
+
+
+def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any,
+                           returns_fn: Callable[[torch.Tensor], torch.Tensor] = min_form_returns,
+                           epsilon: float = 1e-6, norm_by_std: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's estimator contract with step-level credit; see the module docstring."""
+    bs, length = token_level_rewards.shape
+    returns = torch.zeros_like(token_level_rewards, dtype=torch.float32)
+    step_values, owners = [], []
+    spans: list[list[tuple[int, int]]] = []
+    for i in range(bs):
+        valid = response_mask[i].bool()
+        ends = torch.nonzero((token_level_rewards[i] != 0) & valid).squeeze(-1).tolist()
+        if not ends:  # no reward written: treat the whole response as one step with reward 0
+            last = int(valid.nonzero().max()) if valid.any() else 0
+            ends = [last]
+        r = token_level_rewards[i, ends].float()
+        g = returns_fn(r)
+        row_spans, start = [], 0
+        for e in ends:
+            row_spans.append((start, e + 1))
+            start = e + 1
+        spans.append(row_spans)
+        for t, (a, b) in enumerate(row_spans):
+            returns[i, a:b] = g[t]
+        step_values.append(g)
+        owners.append(torch.full((len(g),), _group_id(index[i])))
+    norm = group_normalize(torch.cat(step_values), torch.cat(owners), std=norm_by_std, eps=epsilon)
+    advantages = torch.zeros_like(returns)
+    k = 0
+    for i, row_spans in enumerate(spans):
+        for a, b in row_spans:
+            advantages[i, a:b] = norm[k]
+            k += 1
+    mask = response_mask.to(returns.dtype)
+    return advantages * mask, returns * mask
+
+
+def _group_id(value: Any) -> int:
+    return hash(value.item() if hasattr(value, "item") else value) & 0x7FFFFFFF
+
+
+def make_estimator(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    returns_fn = ESTIMATORS[name]
+
+    def estimator(token_level_rewards, response_mask, index, config=None, epsilon: float = 1e-6,
+                  norm_adv_by_std_in_grpo: bool = True, **kwargs):
+        return step_credit_advantages(token_level_rewards, response_mask, index, returns_fn, epsilon,
+                                      norm_adv_by_std_in_grpo)
+
+    estimator.__name__ = name
+    return estimator
+
+
+def register_verl_estimators() -> list[str]:
+    """Register every stepforge estimator with verl (extra ``stepforge[verl]``); returns the names."""
+    try:
+        from verl.trainer.ppo.core_algos import register_adv_est
+    except ImportError as err:
+        raise ImportError("the verl plug-in needs verl: pip install 'stepforge[verl]'") from err
+    for name in ESTIMATORS:
+        register_adv_est(name)(make_estimator(name))
+    return list(ESTIMATORS)

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from stepforge.train.credit import min_form_returns
+from stepforge.train.verl_plugin import make_estimator, step_credit_advantages
+
+# two prompts x two samples; step rewards sit on each step's last token
+REWARDS = torch.tensor([
+    [0.0, 0.5, 0.0, -0.5, 0.0],   # steps: tokens 0-1 (r=0.5), 2-3 (r=-0.5); token 4 is padding
+    [0.0, 0.0, 0.8, 0.0, 0.0],    # one step: tokens 0-2
+    [0.3, 0.0, 0.0, 0.0, 0.2],
+    [0.0, 0.0, 0.0, 0.0, 0.0],    # no reward written
+])
+MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+INDEX = np.array(["p", "p", "q", "q"], dtype=object)
+
+
+def test_tensor_contract_and_min_form_returns_by_hand():
+    adv, ret = step_credit_advantages(REWARDS, MASK, INDEX, min_form_returns, norm_by_std=False)
+    assert adv.shape == ret.shape == REWARDS.shape
+    assert ret[0].tolist() == pytest.approx([-0.5, -0.5, -0.5, -0.5, 0.0])  # min over future steps
+    assert ret[1].tolist() == pytest.approx([0.8, 0.8, 0.8, 0.0, 0.0])
+    assert ret[2].tolist() == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2])
+    assert ret[3].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.0])
+    # group p: step values -0.5, -0.5, 0.8 -> mean -0.0667; masked tokens stay 0
+    assert adv[0, 0].item() == pytest.approx(-0.5 + 0.2 / 3, abs=1e-5)
+    assert adv[1, 0].item() == pytest.approx(0.8 + 0.2 / 3, abs=1e-5)
+    assert adv[0, 4].item() == 0.0 and adv[1, 3].item() == 0.0
+
+
+def test_estimator_signature_matches_verl():
+    est = make_estimator("stepforge_min")
+    adv, ret = est(token_level_rewards=REWARDS, response_mask=MASK, index=INDEX, config=None)
+    assert adv.shape == REWARDS.shape and est.__name__ == "stepforge_min"
+
+
+def test_registration_with_verl_when_installed():
+    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos", reason="verl is an optional extra")
+    from stepforge.train.verl_plugin import register_verl_estimators
+
+    names = register_verl_estimators()
+    fn = core_algos.get_adv_estimator_fn("stepforge_min")
+    adv, _ = fn(token_level_rewards=REWARDS, response_mask=MASK, index=INDEX, config=None)
+    assert names == ["stepforge_min", "stepforge_sum"] and adv.shape == REWARDS.shape
