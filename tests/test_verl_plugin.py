@@ -32,7 +32,7 @@ def test_tensor_contract_and_min_form_returns_by_hand():
 def test_estimator_signature_matches_verl():
     est = make_estimator("stepforge_min")
     adv, ret = est(token_level_rewards=REWARDS, response_mask=MASK, index=INDEX, config=None)
-    assert adv.shape == REWARDS.shape and est.__name__ == "stepforge_min"
+    assert adv.shape == ret.shape == REWARDS.shape and est.__name__ == "stepforge_min"
 
 
 def test_registration_with_verl_when_installed():

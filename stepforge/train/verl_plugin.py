@@ -31,7 +31,7 @@ def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: tor
                            returns_fn: Callable[[torch.Tensor], torch.Tensor] = min_form_returns,
                            epsilon: float = 1e-6, norm_by_std: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """verl's estimator contract with step-level credit; see the module docstring."""
-    bs, length = token_level_rewards.shape
+    bs = token_level_rewards.shape[0]
     returns = torch.zeros_like(token_level_rewards, dtype=torch.float32)
     step_values, owners = [], []
     spans: list[list[tuple[int, int]]] = []
