@@ -36,7 +36,8 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(rows):
             yield f"{path}: item {i}", row
         return
-    yield from iter_json_lines(path)
+    for lineno, row in iter_json_lines(path):
+        yield f"{path}:{lineno}", row
 
 
 def _require(row: Any, where: str, *keys: str) -> None:

@@ -50,10 +50,10 @@ def strip_annotations(text: str) -> str:
 
 
 def _iter_jsonl_dicts(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for where, row in iter_json_lines(path):
+    for lineno, row in iter_json_lines(path):
         if not isinstance(row, dict):
-            raise RecordError(f"{where}: expected a JSON object")
-        yield int(where.rsplit(":", 1)[1]), row
+            raise RecordError(f"{path}:{lineno}: expected a JSON object")
+        yield lineno, row
 
 
 def load_gsm8k(split_or_path: str = "test", limit: int | None = None) -> list[Problem]:

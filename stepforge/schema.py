@@ -112,8 +112,8 @@ def parse_record(data: Any, model: type[Record], where: str) -> Record:
         raise RecordError(f"{where}: invalid {model.__name__}: {_describe(err)}") from None
 
 
-def iter_json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(``file:line``, decoded value) for each non-blank line; malformed JSON raises naming
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) for each non-blank line; malformed JSON raises naming
     the file and line."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
@@ -121,7 +121,7 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
                 raise RecordError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
 
@@ -132,8 +132,8 @@ def iter_jsonl(path: str | Path, model: type[Record]) -> Iterator[Record]:
     A truncated last line (a write cut off by a crash) is also an error: resumable writers
     call :func:`repair_jsonl_tail` before appending so this never happens to our own files.
     """
-    for where, data in iter_json_lines(path):
-        yield parse_record(data, model, where)
+    for lineno, data in iter_json_lines(path):
+        yield parse_record(data, model, f"{path}:{lineno}")
 
 
 def read_jsonl(path: str | Path, model: type[Record]) -> list[Record]:

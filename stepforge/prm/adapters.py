@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from stepforge.backends.causal_lm import pad_id, pad_right
 from stepforge.schema import RecordError, Trajectory
 
 
@@ -38,24 +39,18 @@ def char_positions(tokenizer, text: str, chars: Sequence[int], add_special_token
     return enc["input_ids"], positions
 
 
-def _batched(model, encoded: list[tuple[list[int], list[int]]], pad_id: int, read, batch_size: int = 32
+def _batched(model, encoded: list[tuple[list[int], list[int]]], pad: int, read, batch_size: int = 32
              ) -> list[list[float]]:
     out: list[list[float]] = [[] for _ in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            width = max(len(encoded[i][0]) for i in idx)
-            ids = torch.tensor([encoded[i][0] + [pad_id] * (width - len(encoded[i][0])) for i in idx])
-            mask = (torch.arange(width)[None, :] < torch.tensor([len(encoded[i][0]) for i in idx])[:, None]).long()
+            ids, mask = pad_right([encoded[i][0] for i in idx], pad)
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
             for row, i in enumerate(idx):
                 out[i] = read(logits[row], encoded[i][1])
     return out
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def _need_steps(t: Trajectory) -> None:
@@ -91,7 +86,7 @@ class MathShepherdPRM:
             probs = logits[:, self.candidates].softmax(-1)[:, 0]
             return probs[positions].tolist()
 
-        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+        return _batched(self.model, [self.encode(t) for t in trajectories], pad_id(self.tokenizer), read)
 
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -130,7 +125,7 @@ class QwenMathPRM:
         def read(logits, positions):
             return logits[positions].softmax(-1)[:, 1].tolist()
 
-        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+        return _batched(self.model, [self.encode(t) for t in trajectories], pad_id(self.tokenizer), read)
 
 
 class RLHFlowPRM:
@@ -170,7 +165,7 @@ class RLHFlowPRM:
         def read(logits, positions):
             return logits[positions][:, self.candidates].softmax(-1)[:, 0].tolist()
 
-        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+        return _batched(self.model, [self.encode(t) for t in trajectories], pad_id(self.tokenizer), read)
 
 
 class TokenClassificationPRM:
@@ -193,7 +188,7 @@ class TokenClassificationPRM:
         def read(logits, positions):
             return logits[positions].softmax(-1)[:, 1].tolist()
 
-        return _batched(self.model, [self.encode(t) for t in trajectories], _pad_id(self.tokenizer), read)
+        return _batched(self.model, [self.encode(t) for t in trajectories], pad_id(self.tokenizer), read)
 
 
 ADAPTERS = {"math-shepherd": MathShepherdPRM, "qwen": QwenMathPRM, "rlhflow": RLHFlowPRM,

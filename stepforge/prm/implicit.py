@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.prm.model import PRMConfig
 from stepforge.schema import RecordError, Trajectory
 
@@ -58,17 +59,14 @@ def step_logprob_sums(model: PreTrainedModel, tokenizer, trajectories: Sequence[
     trajectory, batched.
     Returns one tensor of shape (steps,) per trajectory (differentiable with ``grad``)."""
     encoded = [encode_for_logprobs(tokenizer, t, cfg) for t in trajectories]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     out: list[torch.Tensor] = []
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     with ctx:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
-            width = max(len(e.input_ids) for e in chunk)
-            ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk])
-            mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            ids, mask = pad_right([e.input_ids for e in chunk], pad)
+            lp = next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids)
             for row, e in enumerate(chunk):
                 steps = torch.tensor(e.step_of_token[1:])  # token i+1 is predicted at position i
                 n_steps = len(trajectories[start + row].steps)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from stepforge.backends.causal_lm import next_token_logprobs
 from stepforge.schema import RecordError, Trajectory
 
 PRM_CONFIG = "stepforge_prm.json"
@@ -114,8 +115,8 @@ class ProcessRewardModel(nn.Module):
         if self.config.token_logprob_feature:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
             hidden = out.hidden_states[-1]
-            logp = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:].unsqueeze(-1))
-            logp = torch.cat([torch.zeros_like(logp[:, :1]), logp], 1).squeeze(-1)  # token i given < i
+            logp = next_token_logprobs(out.logits, input_ids)
+            logp = torch.cat([torch.zeros_like(logp[:, :1]), logp], 1)  # token i given < i
         else:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.readout == "prefix_min":

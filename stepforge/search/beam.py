@@ -60,11 +60,11 @@ def _expand(problems: Sequence[Problem], states: list[list[_Group]], policy: Pol
             finished = c.stop_reason != task.step_stop or (bool(step) and task.is_final_step(step))
             steps = (*beam.steps, step) if step else beam.steps
             cands.append(((pi, gi), _Node(steps, done=finished or not step)))
-    scorable = [node for _, node in cands if node.steps]
+    scorable = [(pi, node) for (pi, _), node in cands if node.steps]
     trajs = [Trajectory(id=f"c{i}", problem_id=problems[pi].id, question=problems[pi].question, steps=list(node.steps))
-             for i, ((pi, _), node) in enumerate(c for c in cands if c[1].steps)]
+             for i, (pi, node) in enumerate(scorable)]
     if trajs:
-        for node, s in zip(scorable, score_unique(scorer, trajs, cost), strict=True):
+        for (_, node), s in zip(scorable, score_unique(scorer, trajs, cost), strict=True):
             node.scores = tuple(s)
     out: list[list[list[_Node]]] = [[[] for _ in groups] for groups in states]
     for (pi, gi), node in cands:

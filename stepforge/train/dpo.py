@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.schema import StepPair
 
 
@@ -79,13 +80,9 @@ def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: lis
         full = tokenizer(p + c).input_ids
         ids.append(full)
         starts.append(len(prompt_ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(map(len, ids))
-    x = torch.tensor([s + [pad] * (width - len(s)) for s in ids])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
-    logp = torch.log_softmax(model(input_ids=x, attention_mask=mask).logits[:, :-1].float(), -1)
-    tok = logp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)
-    pos = torch.arange(width - 1)[None, :]
+    x, mask = pad_right(ids, pad_id(tokenizer))
+    tok = next_token_logprobs(model(input_ids=x, attention_mask=mask).logits, x)
+    pos = torch.arange(x.shape[1] - 1)[None, :]
     comp = (pos >= torch.tensor(starts)[:, None] - 1) & (mask[:, 1:] == 1)
     return (tok * comp).sum(-1) / comp.sum(-1).clamp(min=1)
 

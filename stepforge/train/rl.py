@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Trajectory
@@ -144,8 +145,7 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
 
 
 def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids)
 
 
 def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, task: Task = ARITH,
@@ -167,7 +167,7 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     history = history[:start]
     policy = TransformersPolicy(model, tokenizer)
-    pad = tokenizer.pad_token_id
+    pad = pad_id(tokenizer)
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)
         problems = generate_problems(cfg.problems_per_step, cfg.world, seed=cfg.seed * 100_000 + step, prefix="rl")
@@ -190,9 +190,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
             if cfg.credit == "outcome":
                 tok_adv = [float(adv[0])] * len(step_of)  # outcome credit: every token, separators too
             rows.append((ids, first, tok_adv, [k >= 0 or cfg.credit == "outcome" for k in step_of]))
-        width = max(len(r[0]) for r in rows)
-        ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
-        attn = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows])
+        ids, attn = pad_right([r[0] for r in rows], pad)
+        width = ids.shape[1]
         adv = torch.zeros(len(rows), width - 1)
         act = torch.zeros(len(rows), width - 1, dtype=torch.bool)
         for i, (_ids, first, tok_adv, used) in enumerate(rows):
@@ -238,20 +237,19 @@ def _save(out: Path, model, opt, step: int, cfg: RLConfig) -> None:
                 "config": json.loads(json.dumps(asdict(cfg), default=str))}, tmp / "state.pt")
     os.replace(tmp / "state.pt", out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
     tmp.rmdir()
-    metrics = out / "metrics.jsonl"  # metrics after the checkpoint would be redone on resume
-    lines = metrics.read_text().splitlines()[:step] if metrics.exists() else []
-    metrics.write_text("".join(x + "\n" for x in lines))
 
 
 def _resume(out: Path, model, opt) -> int:
+    """Load the last checkpoint (if any) and drop the metrics of steps after it: those steps
+    are redone."""
+    step = 0
     ckpt = out / "checkpoint.pt"
-    if not ckpt.exists():
-        if (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()  # no checkpoint: those steps are redone from scratch
-        return 0
-    state = torch.load(ckpt, weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    lines = (out / "metrics.jsonl").read_text().splitlines()[:state["step"]] if (out / "metrics.jsonl").exists() else []
-    (out / "metrics.jsonl").write_text("".join(x + "\n" for x in lines))
-    return int(state["step"])
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():
+        metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()[:step]))
+    return step
