@@ -68,7 +68,8 @@ def main() -> None:
         hacking[credit]["warnings"] = sorted({w for h in history for w in h["warnings"]})
     final = {k: v[-1][1] for k, v in curves.items()}
     target = final["outcome"]
-    reach = next((s for s, a in curves["min"] if s > 0 and a >= target), None)
+    # reaching outcome-only's final accuracy only means something if outcome-only improved
+    reach = next((s for s, a in curves["min"] if s > 0 and a >= target), None) if target > start_acc else None
     _plot(curves, args.plot)
     print(json.dumps({"bench": "credit_assignment", "steps": args.steps, "start_acc": start_acc, "acc": final,
                       "curves": curves, "steps_to_outcome_final_acc": {"min": reach}, "hacking": hacking}))

@@ -596,6 +596,7 @@ def pairs(
     out: Annotated[Path, typer.Option("--out", "-o", help="step pairs (JSONL, TRL DPO columns)")],
     candidates: Annotated[int, typer.Option(help="alternative steps sampled per first error")] = 8,
     k: Annotated[int, typer.Option(help="rollouts verifying each alternative")] = 4,
+    min_value: Annotated[float, typer.Option(help="least MC value of a chosen step")] = 0.5,
     task: str = "arith",
     problems: Annotated[str | None, typer.Option(help="problems with answers (e.g. gsm8k:test)")] = None,
     backend: str = "world",
@@ -618,7 +619,7 @@ def pairs(
         index = _problems_index(problems)
         result = step_dpo_pairs(data, [problem_of(t, chosen_task, index) for t in data],
                                 _backend_options_policy(backend, model, base_url), chosen_task,
-                                candidates=candidates, k=k, seed=seed)
+                                candidates=candidates, k=k, seed=seed, min_value=min_value)
     except (RecordError, FileNotFoundError, ValueError, BackendError) as err:
         raise _fail(str(err)) from None
     write_jsonl(out, result)
@@ -631,9 +632,10 @@ def train_dpo_cmd(
     out: Annotated[Path, typer.Option(help="output policy directory")],
     policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
     orpo: Annotated[bool, typer.Option(help="ORPO instead of DPO (no reference model)")] = False,
-    beta: float = 0.1,
-    lr: float = 3e-5,
+    beta: Annotated[float, typer.Option(help="DPO β (large: stops pushing once a step is preferred)")] = 0.5,
+    lr: Annotated[float, typer.Option(help="constant learning rate; small policies need it small")] = 3e-6,
     epochs: float = 1.0,
+    batch_size: int = 64,
     sft_weight: Annotated[float, typer.Option(help="DPO: weight of an NLL term on the chosen step")] = 0.0,
     threads: Threads = 1,
 ) -> None:
@@ -650,9 +652,11 @@ def train_dpo_cmd(
         where = policy or str(resolve_policy_dir())
         model, tok = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
         if orpo:
-            train_orpo(model, tok, data, lr=lr, steps=max(1, int(epochs * len(data) / 16)))
+            train_orpo(model, tok, data, lr=lr, steps=max(1, int(epochs * len(data) / batch_size)),
+                       batch_size=batch_size)
         else:
-            train_dpo(model, tok, data, beta=beta, lr=lr, epochs=epochs, sft_weight=sft_weight)
+            train_dpo(model, tok, data, beta=beta, lr=lr, epochs=epochs, sft_weight=sft_weight,
+                      batch_size=batch_size)
     except (RecordError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
     model.save_pretrained(out)

@@ -48,6 +48,15 @@ def test_no_pair_without_a_verified_alternative():
     assert step_dpo_pairs([t], [problem_of(t, ARITH, None)], ScriptedArithPolicy(good=0), ARITH) == []
 
 
+def test_a_rarely_successful_alternative_is_not_verified():
+    t = wrong_at(1)
+    problem = problem_of(t, ARITH, None)
+    # one of four rollouts succeeds: MC = 0.25, below the default bar of 0.5
+    assert step_dpo_pairs([t], [problem], ScriptedArithPolicy(good=1), ARITH, candidates=4, k=4) == []
+    [pair] = step_dpo_pairs([t], [problem], ScriptedArithPolicy(good=1), ARITH, candidates=4, k=4, min_value=0.25)
+    assert pair.meta["chosen_mc"] == 0.25
+
+
 def test_tree_pairs_best_vs_worst_child():
     problem = P.to_problem("p")
     root = Node(())

@@ -2,8 +2,11 @@
 
 Step-DPO (Lai et al. 2024): for a wrong trajectory with first error k, the prompt is the
 prefix p_{k−1} = (question, s_1..s_{k−1}), rejected = s_k, and chosen = a step sampled from
-p_{k−1} whose continuation is verified to reach the right answer by rollouts (MC > 0, the
-most successful candidate wins). From search trees (MCTS-DPO): at a node with children,
+p_{k−1} whose continuation is verified to reach the right answer by rollouts (the most
+successful candidate wins if its MC value reaches ``min_value``: a policy that recomputes
+from the question can finish a wrong step correctly now and then, so MC > 0 alone lets wrong
+"chosen" steps through — in the world, 25% of chosen steps at MC = 1/4 were wrong against 4%
+at MC ≥ 1/2). From search trees (MCTS-DPO): at a node with children,
 chosen = the highest-Q child's step, rejected = the lowest-Q child's.
 
 A completion ends with the step separator, except a final (answer) step, which ends with
@@ -28,7 +31,7 @@ def _completion(step: str, task: Task) -> str:
 
 def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Problem], policy: Policy, task: Task, *,
                    candidates: int = 8, k: int = 4, seed: int = 0, max_step_tokens: int = 64,
-                   max_new_tokens: int = 256) -> list[StepPair]:
+                   max_new_tokens: int = 256, min_value: float = 0.5) -> list[StepPair]:
     """One pair per labeled wrong trajectory for which a verified alternative step is found.
     All candidate steps come from one backend call, all verifications from one estimator call."""
     todo = [(t, p) for t, p in zip(trajectories, problems, strict=True)
@@ -51,7 +54,7 @@ def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Proble
     for (t, p), prompt, steps in zip(todo, prompts, options, strict=True):
         scored = [(next(values).value, s) for s in steps]
         best = max(scored, default=None)
-        if best is None or best[0] <= 0:
+        if best is None or best[0] <= 0 or best[0] < min_value:
             continue  # no verified alternative: no pair rather than a wrong "chosen"
         pairs.append(StepPair(prompt=prompt, chosen=_completion(best[1], task),
                               rejected=_completion(t.steps[t.first_error], task), problem_id=p.id,
