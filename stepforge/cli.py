@@ -670,10 +670,14 @@ def rl(
     out: Annotated[Path, typer.Option(help="run directory (metrics.jsonl, checkpoint.pt); re-run resumes")],
     credit: Annotated[str, typer.Option(help="outcome | sum | min | min_vr")] = "min",
     steps: int = 60,
-    lr: float = 2e-5,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (1e-2 suits --trainable norm)")] = 1e-2,
+    trainable: Annotated[str, typer.Option(help="train only parameters whose names contain one of these "
+                                                "comma-separated parts ('' = all; then use lr ~1e-6)")] = "norm",
     kl_coef: float = 0.05,
     problems_per_step: int = 16,
     samples_per_problem: int = 8,
+    temperature: Annotated[float, typer.Option(help="sampling temperature of the RL policy")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="sum-form discount")] = 1.0,
     prm: Annotated[Path | None, typer.Option(help="PRM directory (default: the shipped world PRM)")] = None,
     policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
     seed: int = 0,
@@ -689,7 +693,8 @@ def rl(
     _quiet_hf(threads)
     try:
         cfg = RLConfig(credit=credit, steps=steps, lr=lr, kl_coef=kl_coef, problems_per_step=problems_per_step,
-                       samples_per_problem=samples_per_problem, seed=seed)
+                       samples_per_problem=samples_per_problem, seed=seed, temperature=temperature, gamma=gamma,
+                       trainable=tuple(x for x in trainable.split(",") if x))
         where = policy or str(resolve_policy_dir())
         model, tok = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
         scorer = None if credit == "outcome" else ProcessRewardModel.from_pretrained(prm or SHIPPED_PRM)

@@ -8,12 +8,14 @@ form, and take ``ppo_epochs`` clipped updates:
 
     L = −mean_tokens min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β_KL · mean_tokens KL_k3(π‖π_ref)
 
-Credit forms: ``outcome`` (GRPO: A = group-normalised R on every token), ``sum`` (γ = 1
+Credit forms: ``outcome`` (GRPO: A = group-normalised R on every token), ``sum`` (γ-discounted
 returns of r), ``min`` (PURE strict min-form), ``min_vr`` (min-form plus the verifiable
 reward R − 1 on the last step, on a ``vr_share`` of the problems). Step-separator tokens
-get no advantage (PURE #20). Metrics and hacking monitors go to ``metrics.jsonl`` every
-step; a checkpoint (model, optimizer, step) is written every ``save_every`` steps and a
-re-run resumes from it.
+get no advantage (PURE #20). ``trainable`` restricts updates to some parameters (the world
+policy improves only when RL trains its RMSNorm gains: see bench/credit_assignment.py);
+``temperature`` samples from and trains softmax(logits / T), as verl does. Metrics and
+hacking monitors go to ``metrics.jsonl`` every step; a checkpoint (model, optimizer, step) is
+written every ``save_every`` steps and a re-run resumes from it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ class RLConfig:
     kl_coef: float = 0.05
     ppo_epochs: int = 2
     vr_share: float = 0.1
+    gamma: float = 1.0  # sum-form discount
+    trainable: tuple[str, ...] = ()  # train only parameters whose names contain one of these (empty: all)
     max_new_tokens: int = 96
+    temperature: float = 1.0  # sampling temperature; the ratio and KL use the same tempered policy
     save_every: int = 10
     seed: int = 0
     world: ArithConfig = field(default_factory=lambda: ArithConfig(min_steps=6, max_steps=8))
@@ -64,6 +69,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.credit not in CREDITS:
             raise ValueError(f"unknown credit form {self.credit!r}; choose from {', '.join(CREDITS)}")
+        if self.temperature <= 0:
+            raise ValueError(f"RL samples from the policy: temperature must be > 0, got {self.temperature}")
 
 
 def hacking_monitors(trajectories: Sequence[Trajectory], prm_scores: Sequence[Sequence[float]] | None,
@@ -132,7 +139,7 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
         r = torch.tensor([2 * p - 1 for p in prm_scores[i]]) if t.steps else torch.tensor([-1.0])
         if cfg.credit == "min_vr" and groups[i] in vr_groups:
             r = add_verifiable_reward(r, float(outcome[i]) - 1.0)
-        returns.append(sum_form_returns(r) if cfg.credit == "sum" else min_form_returns(r))
+        returns.append(sum_form_returns(r, cfg.gamma) if cfg.credit == "sum" else min_form_returns(r))
     # normalise every step's return within its group of samples (GRPO over steps)
     flat = torch.cat(returns)
     owner = torch.cat([torch.full((len(r),), groups[i]) for i, r in enumerate(returns)])
@@ -144,8 +151,23 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
     return out
 
 
-def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids)
+def _trainable_parameters(model, patterns: Sequence[str]) -> list[torch.nn.Parameter]:
+    """The parameters RL updates; the others are frozen."""
+    if not patterns:
+        return list(model.parameters())
+    chosen = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(s in name for s in patterns))
+        if p.requires_grad:
+            chosen.append(p)
+    if not chosen:
+        raise ValueError(f"no parameter name contains any of {list(patterns)}")
+    return chosen
+
+
+def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Token log-probs under the policy actually sampled from: softmax(logits / T)."""
+    return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits / temperature, ids)
 
 
 def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, task: Task = ARITH,
@@ -161,7 +183,7 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
     reference = copy.deepcopy(model).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(_trainable_parameters(model, cfg.trainable), lr=cfg.lr)
     start = _resume(out, model, opt)
     metrics_path = out / "metrics.jsonl"
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
@@ -173,7 +195,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         problems = generate_problems(cfg.problems_per_step, cfg.world, seed=cfg.seed * 100_000 + step, prefix="rl")
         model.eval()
         batch = next(sample_trajectories(policy, problems, task, n=cfg.samples_per_problem, seed=step,
-                                         max_new_tokens=cfg.max_new_tokens, batch_problems=len(problems)))
+                                         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                         batch_problems=len(problems)))
         trajs = batch.trajectories
         groups = [i // cfg.samples_per_problem for i in range(len(trajs))]
         scores = scorer.score([t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []})
@@ -199,11 +222,11 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
             adv[i, first - 1:first - 1 + n] = torch.tensor(tok_adv)
             act[i, first - 1:first - 1 + n] = torch.tensor(used)
         with torch.no_grad():
-            old = _logprobs(model, ids, attn)
-            ref = _logprobs(reference, ids, attn)
+            old = _logprobs(model, ids, attn, cfg.temperature)
+            ref = _logprobs(reference, ids, attn, cfg.temperature)
         model.train()
         for _ in range(cfg.ppo_epochs):
-            new = _logprobs(model, ids, attn)
+            new = _logprobs(model, ids, attn, cfg.temperature)
             ratio = torch.exp(new - old)
             pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
             kl = torch.exp(ref - new) - (ref - new) - 1  # k3 estimator of KL(π‖π_ref)
