@@ -28,6 +28,7 @@ from _common import quiet_cpu
 from stepforge.backends import make_policy
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.eval.sampling import sampling_report
+from stepforge.prm.implicit import ImplicitPRM
 from stepforge.prm.model import ProcessRewardModel
 from stepforge.sample import sample_trajectories
 from stepforge.tasks import ARITH
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--trainable", default="norm", help="comma-separated parameter-name parts; '' = all")
+    ap.add_argument("--variants", default="outcome,sum,min,min_vr",
+                    help="credit forms to run; min_implicit = min-form on an implicit PRM refit online (PRIME)")
     ap.add_argument("--plot", default="docs/credit_assignment_world.png")
     args = ap.parse_args()
     quiet_cpu()
@@ -60,27 +63,31 @@ def main() -> None:
     start_acc = accuracy(base.model)
     greedy_acc = {"start": accuracy(base.model, greedy=True)}
     curves, hacking = {}, {}
-    for credit in ("outcome", "sum", "min", "min_vr"):
+    for variant in args.variants.split(","):
+        credit = "min" if variant == "min_implicit" else variant
         curve = [(0, start_acc)]
         out = Path(tempfile.mkdtemp(prefix=f"rl-{credit}-"))
         for upto in range(args.eval_every, args.steps + 1, args.eval_every):
             # a fresh copy of the initial policy each time: it is the KL reference, and the run
             # resumes its trained weights from the checkpoint
             model = copy.deepcopy(base.model)
-            cfg = RLConfig(credit=credit, steps=upto, lr=args.lr, trainable=trainable, save_every=args.eval_every)
-            history = train_rl(model, base.tokenizer, out, cfg, scorer=prm)
+            cfg = RLConfig(credit=credit, steps=upto, lr=args.lr, trainable=trainable, save_every=args.eval_every,
+                           prm_online_steps=4 if variant == "min_implicit" else 0)
+            scorer = ImplicitPRM(copy.deepcopy(base.model), base.tokenizer) if variant == "min_implicit" else prm
+            history = train_rl(model, base.tokenizer, out, cfg, scorer=scorer)
             curve.append((upto, accuracy(model)))
-        greedy_acc[credit] = accuracy(model, greedy=True)
+        greedy_acc[variant] = accuracy(model, greedy=True)
         shutil.rmtree(out, ignore_errors=True)
-        curves[credit] = curve
+        curves[variant] = curve
         last = history[-1]
-        hacking[credit] = {k: last[k] for k in ("mean_tokens", "mean_steps", "empty_share", "no_answer_share",
+        hacking[variant] = {k: last[k] for k in ("mean_tokens", "mean_steps", "empty_share", "no_answer_share",
                                                 "no_separator_share", "prm_verifier_gap", "kl")}
-        hacking[credit]["warnings"] = sorted({w for h in history for w in h["warnings"]})
+        hacking[variant]["warnings"] = sorted({w for h in history for w in h["warnings"]})
     final = {k: v[-1][1] for k, v in curves.items()}
-    target = final["outcome"]
+    target = final.get("outcome")
     # reaching outcome-only's final accuracy only means something if outcome-only improved
-    reach = next((s for s, a in curves["min"] if s > 0 and a >= target), None) if target > start_acc else None
+    reach = next((s for s, a in curves["min"] if s > 0 and a >= target), None) \
+        if target is not None and "min" in curves and target > start_acc else None
     _plot(curves, args.plot)
     print(json.dumps({"bench": "credit_assignment", "steps": args.steps, "start_acc": start_acc, "acc": final,
                       "greedy_acc": greedy_acc, "curves": curves, "steps_to_outcome_final_acc": {"min": reach},

@@ -678,7 +678,9 @@ def rl(
     samples_per_problem: int = 8,
     temperature: Annotated[float, typer.Option(help="sampling temperature of the RL policy")] = 1.0,
     gamma: Annotated[float, typer.Option(help="sum-form discount")] = 1.0,
-    prm: Annotated[Path | None, typer.Option(help="PRM directory (default: the shipped world PRM)")] = None,
+    prm: Annotated[str | None, typer.Option(help="PRM directory (default: the shipped world PRM), or 'implicit': "
+                                                 "an implicit PRM started from the policy (PRIME)")] = None,
+    prm_online_steps: Annotated[int, typer.Option(help="implicit PRM: refit steps on each batch's outcomes")] = 0,
     policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
     seed: int = 0,
     threads: Threads = 1,
@@ -686,6 +688,7 @@ def rl(
     """RL on the built-in world with step-level credit assignment and hacking monitors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from stepforge.prm.implicit import ImplicitPRM
     from stepforge.prm.model import ProcessRewardModel
     from stepforge.train.rl import RLConfig, train_rl
     from stepforge.worlds.arith.policy import SHIPPED_PRM, resolve_policy_dir
@@ -694,10 +697,15 @@ def rl(
     try:
         cfg = RLConfig(credit=credit, steps=steps, lr=lr, kl_coef=kl_coef, problems_per_step=problems_per_step,
                        samples_per_problem=samples_per_problem, seed=seed, temperature=temperature, gamma=gamma,
-                       trainable=tuple(x for x in trainable.split(",") if x))
+                       trainable=tuple(x for x in trainable.split(",") if x), prm_online_steps=prm_online_steps)
         where = policy or str(resolve_policy_dir())
         model, tok = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)
-        scorer = None if credit == "outcome" else ProcessRewardModel.from_pretrained(prm or SHIPPED_PRM)
+        if credit == "outcome":
+            scorer = None
+        elif prm == "implicit":
+            scorer = ImplicitPRM(AutoModelForCausalLM.from_pretrained(where), tok)
+        else:
+            scorer = ProcessRewardModel.from_pretrained(prm or SHIPPED_PRM)
         with _progress() as bar:
             t = bar.add_task(f"RL ({credit})", total=steps, rate="")
 

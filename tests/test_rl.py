@@ -99,3 +99,27 @@ def test_cli_pairs_train_dpo_and_rl(tmp_path):
     r = run(app, [*args[:6], "3", *args[7:]])  # extend to 3 steps: resumes after step 2
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["step"] for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_online_implicit_prm_is_refit_and_resumed(tmp_path, world_policy):
+    from stepforge.prm.implicit import ImplicitPRM
+
+    tok = world_policy.tokenizer
+    cfg = dict(credit="min", problems_per_step=3, samples_per_problem=4, save_every=2, max_new_tokens=64,
+               world=ArithConfig(min_steps=2, max_steps=3), prm_online_steps=2)
+
+    def run(out, steps):
+        prm = ImplicitPRM(copy.deepcopy(world_policy.model), tok)
+        history = train_rl(copy.deepcopy(world_policy.model), tok, out, RLConfig(steps=steps, **cfg), prm)
+        return history, prm
+
+    straight, prm = run(tmp_path / "a", 4)
+    first = next(iter(world_policy.model.state_dict().values()))
+    assert not next(iter(prm.model.state_dict().values())).equal(first)  # the PRM was trained online
+    run(tmp_path / "b", 2)
+    resumed, _ = run(tmp_path / "b", 4)
+    assert resumed == straight  # the checkpoint carried the online PRM too
+    with pytest.raises(ValueError, match="implicit PRM"):
+        train_rl(copy.deepcopy(world_policy.model), tok, tmp_path / "c", RLConfig(steps=1, **cfg),
+                 scorer=object())

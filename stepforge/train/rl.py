@@ -13,7 +13,9 @@ returns of r), ``min`` (PURE strict min-form), ``min_vr`` (min-form plus the ver
 reward R − 1 on the last step, on a ``vr_share`` of the problems). Step-separator tokens
 get no advantage (PURE #20). ``trainable`` restricts updates to some parameters (the world
 policy improves only when RL trains its RMSNorm gains: see bench/credit_assignment.py);
-``temperature`` samples from and trains softmax(logits / T), as verl does. Metrics and
+``temperature`` samples from and trains softmax(logits / T), as verl does; with
+``prm_online_steps`` an implicit PRM is refit to each batch's verifier outcomes before it
+scores the batch (PRIME). Metrics and
 hacking monitors go to ``metrics.jsonl`` every step; a checkpoint (model, optimizer, step) is
 written every ``save_every`` steps and a re-run resumes from it.
 """
@@ -60,6 +62,7 @@ class RLConfig:
     vr_share: float = 0.1
     gamma: float = 1.0  # sum-form discount
     trainable: tuple[str, ...] = ()  # train only parameters whose names contain one of these (empty: all)
+    prm_online_steps: int = 0  # PRIME: update an implicit PRM on each batch's outcomes before it scores
     max_new_tokens: int = 96
     temperature: float = 1.0  # sampling temperature; the ratio and KL use the same tempered policy
     save_every: int = 10
@@ -180,11 +183,14 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.credit != "outcome" and scorer is None:
         raise ValueError(f"credit {cfg.credit!r} needs a PRM (scorer)")
+    online = cfg.prm_online_steps > 0 and cfg.credit != "outcome"
+    if online and not hasattr(scorer, "train_on_outcomes"):
+        raise ValueError("online PRM updates need an implicit PRM (stepforge.prm.implicit.ImplicitPRM)")
     reference = copy.deepcopy(model).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(_trainable_parameters(model, cfg.trainable), lr=cfg.lr)
-    start = _resume(out, model, opt)
+    start = _resume(out, model, opt, scorer.model if online else None)
     metrics_path = out / "metrics.jsonl"
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     history = history[:start]
@@ -199,6 +205,9 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
                                          batch_problems=len(problems)))
         trajs = batch.trajectories
         groups = [i // cfg.samples_per_problem for i in range(len(trajs))]
+        if online:  # PRIME's order: fit the implicit PRM to these outcomes, then score with it
+            scorer.train_on_outcomes([t for t in trajs if t.steps], steps=cfg.prm_online_steps,
+                                     batch_size=min(32, len(trajs)), seed=cfg.seed * 1_000_003 + step)
         scores = scorer.score([t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []})
                                for t in trajs]) if scorer is not None else None
         adv_steps = _advantages(trajs, groups, scores, cfg, rng)
@@ -249,20 +258,23 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         if on_step:
             on_step(row)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save(out, model, opt, step + 1, cfg)
+            _save(out, model, opt, step + 1, cfg, scorer.model if online else None)
     return history
 
 
-def _save(out: Path, model, opt, step: int, cfg: RLConfig) -> None:
+def _save(out: Path, model, opt, step: int, cfg: RLConfig, prm_model=None) -> None:
     tmp = out / "checkpoint.tmp"
     tmp.mkdir(exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "config": json.loads(json.dumps(asdict(cfg), default=str))}, tmp / "state.pt")
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "config": json.loads(json.dumps(asdict(cfg), default=str))}
+    if prm_model is not None:  # an online PRM is part of the run's state
+        state["prm"] = prm_model.state_dict()
+    torch.save(state, tmp / "state.pt")
     os.replace(tmp / "state.pt", out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
     tmp.rmdir()
 
 
-def _resume(out: Path, model, opt) -> int:
+def _resume(out: Path, model, opt, prm_model=None) -> int:
     """Load the last checkpoint (if any) and drop the metrics of steps after it: those steps
     are redone."""
     step = 0
@@ -272,6 +284,10 @@ def _resume(out: Path, model, opt) -> int:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        if prm_model is not None:
+            if "prm" not in state:
+                raise ValueError(f"{ckpt}: written without an online PRM; resume with the same settings")
+            prm_model.load_state_dict(state["prm"])
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()[:step]))
