@@ -86,3 +86,20 @@ def test_gigpo_by_hand():
     # A^E = ±1; at s0 the step returns 1 vs 0 normalise to ±1; "a"/"b" are seen once
     assert adv[0].tolist() == pytest.approx([1.5, 1.0], abs=1e-4)
     assert adv[1].tolist() == pytest.approx([-1.5, -1.0], abs=1e-4)
+
+
+@pytest.mark.parametrize("reward", [0.5, -0.5])
+def test_per_step_baseline_length_bias(reward):
+    """PURE #2: with a per-step group baseline, sum-form credit rewards length when step rewards
+    are positive and brevity when they are negative, for answers of equal per-step quality;
+    min-form gives both lengths the same credit."""
+    short, long = torch.full((2,), reward), torch.full((6,), reward)
+
+    def mean_advantage(returns_fn) -> tuple[float, float]:
+        flat = torch.cat([returns_fn(short), returns_fn(long)])
+        adv = group_normalize(flat, torch.zeros(8, dtype=torch.long))
+        return adv[:2].mean().item(), adv[2:].mean().item()
+
+    a_short, a_long = mean_advantage(sum_form_returns)
+    assert (a_long > a_short) == (reward > 0)  # here: 2 vs 6 steps of +0.5 → the long answer wins
+    assert mean_advantage(min_form_returns) == (0.0, 0.0)
