@@ -678,6 +678,7 @@ def rl(
     samples_per_problem: int = 8,
     temperature: Annotated[float, typer.Option(help="sampling temperature of the RL policy")] = 1.0,
     gamma: Annotated[float, typer.Option(help="sum-form discount")] = 1.0,
+    baseline: Annotated[str, typer.Option(help="grpo (group mean/std) | rloo (leave-one-out mean)")] = "grpo",
     prm: Annotated[str | None, typer.Option(help="PRM directory (default: the shipped world PRM), or 'implicit': "
                                                  "an implicit PRM started from the policy (PRIME)")] = None,
     prm_online_steps: Annotated[int, typer.Option(help="implicit PRM: refit steps on each batch's outcomes")] = 0,
@@ -697,6 +698,7 @@ def rl(
     try:
         cfg = RLConfig(credit=credit, steps=steps, lr=lr, kl_coef=kl_coef, problems_per_step=problems_per_step,
                        samples_per_problem=samples_per_problem, seed=seed, temperature=temperature, gamma=gamma,
+                       baseline=baseline,
                        trainable=tuple(x for x in trainable.split(",") if x), prm_online_steps=prm_online_steps)
         where = policy or str(resolve_policy_dir())
         model, tok = AutoModelForCausalLM.from_pretrained(where), AutoTokenizer.from_pretrained(where)

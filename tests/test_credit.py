@@ -12,6 +12,7 @@ from stepforge.train.credit import (
     min_form_returns,
     pure_soft_min_rewards,
     rloo_advantages,
+    rloo_step_advantages,
     soft_min_returns,
     step_returns_to_tokens,
     sum_form_returns,
@@ -103,3 +104,12 @@ def test_per_step_baseline_length_bias(reward):
     a_short, a_long = mean_advantage(sum_form_returns)
     assert (a_long > a_short) == (reward > 0)  # here: 2 vs 6 steps of +0.5 → the long answer wins
     assert mean_advantage(min_form_returns) == (0.0, 0.0)
+
+
+def test_rloo_over_steps_by_hand():
+    a, b, c = torch.tensor([1.0, 0.0]), torch.tensor([0.5]), torch.tensor([2.0, 2.0])
+    out = rloo_step_advantages([a, b, c], [0, 0, 1])
+    assert out[0].tolist() == [0.5, -0.5] and out[1].tolist() == [0.0] and out[2].tolist() == [0.0, 0.0]
+    one_step = [torch.tensor([x]) for x in (1.0, 0.0, 0.0)]  # one return each: plain RLOO
+    assert torch.cat(rloo_step_advantages(one_step, [0, 0, 0])).tolist() == \
+        rloo_advantages(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0])).tolist()

@@ -37,13 +37,16 @@ def test_bad_credit_form():
         RLConfig(credit="max")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         RLConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        RLConfig(baseline="ppo")
 
 
 def test_rl_trains_only_the_chosen_parameters(tmp_path, world_policy):
     model = copy.deepcopy(world_policy.model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = RLConfig(credit="outcome", steps=1, problems_per_step=4, samples_per_problem=4, max_new_tokens=64,
-                   lr=1e-2, trainable=("norm",), temperature=0.7, world=ArithConfig(min_steps=2, max_steps=3))
+                   lr=1e-2, trainable=("norm",), temperature=0.7, baseline="rloo",
+                   world=ArithConfig(min_steps=2, max_steps=3))
     train_rl(model, world_policy.tokenizer, tmp_path, cfg)
     changed = {n for n, p in model.named_parameters() if not p.detach().equal(before[n])}
     assert changed and all("norm" in n for n in changed)

@@ -97,6 +97,18 @@ def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
     return out
 
 
+def rloo_step_advantages(step_returns: Sequence[torch.Tensor], groups: Sequence[int]) -> list[torch.Tensor]:
+    """RLOO over steps: A_{i,t} = G_{i,t} − mean{G_{j,s} : j ≠ i in i's group, every step s};
+    with one return per trajectory this is :func:`rloo_advantages`. A trajectory alone in its
+    group gets 0."""
+    out = []
+    for i, g_i in enumerate(step_returns):
+        others = [g for j, g in enumerate(step_returns) if j != i and groups[j] == groups[i]]
+        base = torch.cat(others).to(torch.float64).mean() if others else None
+        out.append(g_i - base.to(g_i.dtype) if base is not None else torch.zeros_like(g_i))
+    return out
+
+
 def gigpo_advantages(episode_returns: torch.Tensor, groups: torch.Tensor, step_returns: Sequence[torch.Tensor],
                      step_states: Sequence[Sequence[str]], omega: float = 1.0, eps: float = 1e-6
                      ) -> list[torch.Tensor]:

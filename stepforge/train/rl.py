@@ -8,16 +8,17 @@ form, and take ``ppo_epochs`` clipped updates:
 
     L = −mean_tokens min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β_KL · mean_tokens KL_k3(π‖π_ref)
 
-Credit forms: ``outcome`` (GRPO: A = group-normalised R on every token), ``sum`` (γ-discounted
+Baselines: ``grpo`` (group mean and std) or ``rloo`` (leave-one-out mean). Credit forms:
+``outcome`` (the baselined R on every token), ``sum`` (γ-discounted
 returns of r), ``min`` (PURE strict min-form), ``min_vr`` (min-form plus the verifiable
 reward R − 1 on the last step, on a ``vr_share`` of the problems). Step-separator tokens
 get no advantage (PURE #20). ``trainable`` restricts updates to some parameters (the world
 policy improves only when RL trains its RMSNorm gains: see bench/credit_assignment.py);
 ``temperature`` samples from and trains softmax(logits / T), as verl does; with
 ``prm_online_steps`` an implicit PRM is refit to each batch's verifier outcomes before it
-scores the batch (PRIME). Metrics and
-hacking monitors go to ``metrics.jsonl`` every step; a checkpoint (model, optimizer, step) is
-written every ``save_every`` steps and a re-run resumes from it.
+scores the batch (PRIME). Metrics and hacking monitors go to ``metrics.jsonl`` every step; a
+checkpoint (model, optimizer, step) is written every ``save_every`` steps and a re-run
+resumes from it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from stepforge.train.credit import (
     add_verifiable_reward,
     group_normalize,
     min_form_returns,
+    rloo_advantages,
+    rloo_step_advantages,
     sum_form_returns,
 )
 from stepforge.worlds.arith.problems import ArithConfig, generate_problems
@@ -62,6 +65,7 @@ class RLConfig:
     vr_share: float = 0.1
     gamma: float = 1.0  # sum-form discount
     trainable: tuple[str, ...] = ()  # train only parameters whose names contain one of these (empty: all)
+    baseline: str = "grpo"  # grpo: (x − group mean) / group std; rloo: x − mean of the other samples
     prm_online_steps: int = 0  # PRIME: update an implicit PRM on each batch's outcomes before it scores
     max_new_tokens: int = 96
     temperature: float = 1.0  # sampling temperature; the ratio and KL use the same tempered policy
@@ -72,6 +76,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.credit not in CREDITS:
             raise ValueError(f"unknown credit form {self.credit!r}; choose from {', '.join(CREDITS)}")
+        if self.baseline not in ("grpo", "rloo"):
+            raise ValueError(f"unknown baseline {self.baseline!r}; choose grpo or rloo")
         if self.temperature <= 0:
             raise ValueError(f"RL samples from the policy: temperature must be > 0, got {self.temperature}")
 
@@ -134,7 +140,7 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
     outcome = torch.tensor([float(bool(t.correct)) for t in batch])
     g = torch.tensor(groups)
     if cfg.credit == "outcome":
-        a = group_normalize(outcome, g)
+        a = rloo_advantages(outcome, g) if cfg.baseline == "rloo" else group_normalize(outcome, g)
         return [torch.full((max(1, len(t.steps)),), float(a[i])) for i, t in enumerate(batch)]
     vr_groups = {gid for gid in set(groups) if rng.random() < cfg.vr_share}
     returns = []
@@ -143,6 +149,8 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
         if cfg.credit == "min_vr" and groups[i] in vr_groups:
             r = add_verifiable_reward(r, float(outcome[i]) - 1.0)
         returns.append(sum_form_returns(r, cfg.gamma) if cfg.credit == "sum" else min_form_returns(r))
+    if cfg.baseline == "rloo":
+        return rloo_step_advantages(returns, groups)
     # normalise every step's return within its group of samples (GRPO over steps)
     flat = torch.cat(returns)
     owner = torch.cat([torch.full((len(r),), groups[i]) for i, r in enumerate(returns)])
