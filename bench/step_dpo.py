@@ -2,7 +2,8 @@
 problems?
 
 Pairs target the policy's own greedy mistakes: greedy solutions to fresh training problems
-are labeled (the world's exact checker: ``truth``), and for each first wrong step a
+are labeled (``--labels truth``: the world's exact checker; ``binary``: first errors found by
+rollouts alone, k = 8, as on a task without a step checker), and for each first wrong step a
 rollout-verified alternative from the same prefix becomes "chosen" (train/pairs.py). TRL's
 DPOTrainer then trains with the library defaults (constant lr 3e-6, β 0.5, batch 64, one
 epoch). Greedy accuracy is measured before and after on held-out problems the pairs never
@@ -22,7 +23,8 @@ from _common import quiet_cpu
 
 from stepforge.backends import make_policy
 from stepforge.backends.transformers_backend import TransformersPolicy
-from stepforge.label.methods import label_truth
+from stepforge.label.methods import label_binary, label_truth
+from stepforge.label.rollouts import RolloutEstimator
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Problem, Trajectory
 from stepforge.tasks import ARITH
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.5)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--labels", choices=("truth", "binary"), default="truth")
     args = ap.parse_args()
     quiet_cpu()
     t0 = time.perf_counter()
@@ -53,8 +56,14 @@ def main() -> None:
     train = generate_problems(args.train_problems, WORLD, seed=777, prefix="dpo-train")
     held_out = generate_problems(args.held_out, WORLD, seed=99_001, prefix="heldout")
 
-    labeled = label_truth(greedy(base, train), train, ARITH)
+    solutions = greedy(base, train)
+    if args.labels == "truth":
+        labeled = label_truth(solutions, train, ARITH)
+    else:
+        labeled = label_binary(solutions, train, RolloutEstimator(base, ARITH, 8, max_new_tokens=96, seed=1))
     wrong = [(t, p) for t, p in zip(labeled, train, strict=True) if t.first_error is not None]
+    truth = {t.id: t.first_error for t in label_truth([t for t, _ in wrong], [p for _, p in wrong], ARITH)}
+    first_right = sum(truth[t.id] == t.first_error for t, _ in wrong)
     pairs = step_dpo_pairs([t for t, _ in wrong], [p for _, p in wrong], base, ARITH, candidates=8, k=4)
     by_id = {p.id: p for p in train}
     chosen_right = sum(ARITH.first_error(by_id[x.problem_id],
@@ -71,7 +80,8 @@ def main() -> None:
     ok_after = [bool(t.correct) for t in after]
     n = len(held_out)
     print(json.dumps({
-        "bench": "step_dpo", "train_problems": len(train), "greedy_wrong": len(wrong), "pairs": len(pairs),
+        "bench": "step_dpo", "labels": args.labels, "train_problems": len(train), "greedy_wrong": len(wrong),
+        "first_error_right": round(first_right / max(1, len(wrong)), 4), "pairs": len(pairs),
         "chosen_step_right": round(chosen_right / max(1, len(pairs)), 4),
         "lr": args.lr, "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size,
         "held_out": n, "greedy_acc_before": round(sum(ok_before) / n, 4),
