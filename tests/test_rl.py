@@ -29,7 +29,10 @@ def test_drift_warnings():
     assert drift_warnings(first, dict(first)) == []
     now = {**first, "mean_tokens": 70.0, "empty_share": 0.3, "prm_verifier_gap": 0.4}
     text = " ".join(drift_warnings(first, now))
-    assert "mean length drifted" in text and "empty_share" in text and "outruns the verifier" in text
+    assert "mean_tokens drifted" in text and "empty_share" in text and "outruns the verifier" in text
+    # fewer steps at a similar length (steps skipped or merged) is its own alarm
+    shorter = drift_warnings({**first, "mean_steps": 7.7}, {**first, "mean_tokens": 36.0, "mean_steps": 4.2})
+    assert shorter == ["mean_steps drifted 7.7 -> 4.2 steps"]
 
 
 def test_bad_credit_form():

@@ -106,8 +106,9 @@ def hacking_monitors(trajectories: Sequence[Trajectory], prm_scores: Sequence[Se
 def drift_warnings(first: dict[str, float], now: dict[str, float]) -> list[str]:
     """Alerts when the monitors move far from where training started."""
     warnings = []
-    if first["mean_tokens"] and abs(now["mean_tokens"] / first["mean_tokens"] - 1) > 0.5:
-        warnings.append(f"mean length drifted {first['mean_tokens']:.1f} -> {now['mean_tokens']:.1f} tokens")
+    for key, unit in (("mean_tokens", "tokens"), ("mean_steps", "steps")):
+        if first.get(key) and abs(now[key] / first[key] - 1) > 0.3:
+            warnings.append(f"{key} drifted {first[key]:.1f} -> {now[key]:.1f} {unit}")
     for key in ("empty_share", "no_answer_share", "no_separator_share"):
         if now[key] - first[key] > 0.1:
             warnings.append(f"{key} rose {first[key]:.2f} -> {now[key]:.2f}")
