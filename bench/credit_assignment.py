@@ -82,7 +82,13 @@ def main() -> None:
         last = history[-1]
         hacking[variant] = {k: last[k] for k in ("mean_tokens", "mean_steps", "empty_share", "no_answer_share",
                                                 "no_separator_share", "prm_verifier_gap", "kl")}
-        hacking[variant]["warnings"] = sorted({w for h in history for w in h["warnings"]})
+        # the step at which each kind of alarm first fired, and how many steps it fired on
+        alarms: dict[str, dict[str, int]] = {}
+        for h in history:
+            for w in h["warnings"]:
+                kind = w.split(" ")[0]
+                alarms.setdefault(kind, {"first_step": h["step"], "steps": 0})["steps"] += 1
+        hacking[variant]["alarms"] = alarms
     final = {k: v[-1][1] for k, v in curves.items()}
     target = final.get("outcome")
     # reaching outcome-only's final accuracy only means something if outcome-only improved
