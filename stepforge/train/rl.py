@@ -64,7 +64,9 @@ class RLConfig:
     ppo_epochs: int = 2
     vr_share: float = 0.1
     gamma: float = 1.0  # sum-form discount
-    trainable: tuple[str, ...] = ()  # train only parameters whose names contain one of these (empty: all)
+    # train only parameters whose names contain one of these (empty: all); the others are left
+    # with requires_grad=False
+    trainable: tuple[str, ...] = ()
     baseline: str = "grpo"  # grpo: (x − group mean) / group std; rloo: x − mean of the other samples
     prm_online_steps: int = 0  # PRIME: update an implicit PRM on each batch's outcomes before it scores
     max_new_tokens: int = 96
