@@ -33,6 +33,8 @@ def test_drift_warnings():
     # fewer steps at a similar length (steps skipped or merged) is its own alarm
     shorter = drift_warnings({**first, "mean_steps": 7.7}, {**first, "mean_tokens": 36.0, "mean_steps": 4.2})
     assert shorter == ["mean_steps drifted 7.7 -> 4.2 steps"]
+    assert drift_warnings({**first, "accuracy": 0.46}, {**first, "accuracy": 0.03}) == ["accuracy fell 0.46 -> 0.03"]
+    assert drift_warnings({**first, "accuracy": 0.46}, {**first, "accuracy": 0.30}) == []  # batch noise
 
 
 def test_bad_credit_form():

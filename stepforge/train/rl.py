@@ -114,6 +114,8 @@ def drift_warnings(first: dict[str, float], now: dict[str, float]) -> list[str]:
     for key in ("empty_share", "no_answer_share", "no_separator_share"):
         if now[key] - first[key] > 0.1:
             warnings.append(f"{key} rose {first[key]:.2f} -> {now[key]:.2f}")
+    if "accuracy" in first and first["accuracy"] - now["accuracy"] > 0.25:  # collapse, whatever the reward says
+        warnings.append(f"accuracy fell {first['accuracy']:.2f} -> {now['accuracy']:.2f}")
     if "prm_verifier_gap" in now and now["prm_verifier_gap"] - first.get("prm_verifier_gap", 0.0) > 0.2:
         warnings.append(f"PRM score outruns the verifier: gap {now['prm_verifier_gap']:+.2f}")
     return warnings
