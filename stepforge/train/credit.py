@@ -101,11 +101,16 @@ def rloo_step_advantages(step_returns: Sequence[torch.Tensor], groups: Sequence[
     """RLOO over steps: A_{i,t} = G_{i,t} − mean{G_{j,s} : j ≠ i in i's group, every step s};
     with one return per trajectory this is :func:`rloo_advantages`. A trajectory alone in its
     group gets 0."""
+    totals: dict[int, tuple[float, int]] = {}  # group → (sum of returns, number of returns)
+    for g_i, grp in zip(step_returns, groups, strict=True):
+        total, count = totals.get(grp, (0.0, 0))
+        totals[grp] = (total + g_i.double().sum().item(), count + g_i.numel())
     out = []
-    for i, g_i in enumerate(step_returns):
-        others = [g for j, g in enumerate(step_returns) if j != i and groups[j] == groups[i]]
-        base = torch.cat(others).to(torch.float64).mean() if others else None
-        out.append(g_i - base.to(g_i.dtype) if base is not None else torch.zeros_like(g_i))
+    for g_i, grp in zip(step_returns, groups, strict=True):
+        total, count = totals[grp]
+        others = count - g_i.numel()
+        base = (total - g_i.double().sum().item()) / others if others else None
+        out.append(g_i - base if base is not None else torch.zeros_like(g_i))
     return out
 
 
