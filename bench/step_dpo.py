@@ -65,10 +65,11 @@ def main() -> None:
     truth = {t.id: t.first_error for t in label_truth([t for t, _ in wrong], [p for _, p in wrong], ARITH)}
     first_right = sum(truth[t.id] == t.first_error for t, _ in wrong)
     pairs = step_dpo_pairs([t for t, _ in wrong], [p for _, p in wrong], base, ARITH, candidates=8, k=4)
-    by_id = {p.id: p for p in train}
-    chosen_right = sum(ARITH.first_error(by_id[x.problem_id],
-                                         [*_prefix_steps(x.prompt, by_id[x.problem_id]), x.chosen.strip()]) is None
-                       for x in pairs)
+    source = {t.id: (t, p) for t, p in wrong}  # pair.meta["trajectory"] names its wrong trajectory
+    chosen_right = 0
+    for x in pairs:
+        t, p = source[x.meta["trajectory"]]
+        chosen_right += ARITH.first_error(p, [*t.steps[:x.step_index], x.chosen.strip()]) is None
     t_pairs = time.perf_counter() - t0
 
     before = greedy(base, held_out)
@@ -90,12 +91,6 @@ def main() -> None:
         "broken": sum(b and not a for a, b in zip(ok_after, ok_before, strict=True)),
         "seconds": {"pairs": round(t_pairs, 1), "total": round(time.perf_counter() - t0, 1)},
     }))
-
-
-def _prefix_steps(prompt: str, problem: Problem) -> list[str]:
-    """The steps a pair's prompt already holds (prompt = question, newline, steps + newlines)."""
-    body = prompt[len(ARITH.build_prompt(problem)):]
-    return [s for s in body.split(ARITH.step_stop) if s]
 
 
 if __name__ == "__main__":
