@@ -110,7 +110,7 @@ def test_openai_backend_splits_requests_and_keeps_order(server, world_policy):
 def test_retries_5xx_then_succeeds(world_policy):
     srv, attempts = flaky_server(world_policy, failures=2)
     try:
-        res = OpenAIPolicy(srv.base_url, "m", max_retries=3).generate(PROMPTS[:1], n=2, max_new_tokens=20, seed=0)
+        res = OpenAIPolicy(srv.base_url, "stepforge", max_retries=3).generate(PROMPTS[:1], n=2, max_new_tokens=20, seed=0)
         assert attempts["n"] == 3 and len(res.completions[0]) == 2
     finally:
         srv.shutdown()
@@ -121,7 +121,7 @@ def test_persistent_5xx_gives_clear_error(world_policy):
     srv, attempts = flaky_server(world_policy, failures=100, status=500)
     try:
         with pytest.raises(BackendError, match=r"HTTP 500 after 2 attempts"):
-            OpenAIPolicy(srv.base_url, "m", max_retries=1).generate(PROMPTS[:1], max_new_tokens=5)
+            OpenAIPolicy(srv.base_url, "stepforge", max_retries=1).generate(PROMPTS[:1], max_new_tokens=5)
         assert attempts["n"] == 2
     finally:
         srv.shutdown()
@@ -132,7 +132,7 @@ def test_garbage_reply_gives_clear_error(world_policy):
     srv, _ = flaky_server(world_policy, failures=100, body=b'{"choices": "not a list"}')
     try:
         with pytest.raises(BackendError, match="choices"):
-            OpenAIPolicy(srv.base_url, "m", max_retries=0).generate(PROMPTS[:1], max_new_tokens=5)
+            OpenAIPolicy(srv.base_url, "stepforge", max_retries=0).generate(PROMPTS[:1], max_new_tokens=5)
     finally:
         srv.shutdown()
         srv.server_close()

@@ -141,11 +141,11 @@ def test_judge_through_a_real_http_server_with_faults():
     try:
         odd = ArithProblem(start=13, ops=P8.ops)
         trajs = [trajectory(P8, 4, "a"), trajectory(P8, None, "b"), trajectory(odd, 1, "c")]
-        labels = label_judge(trajs, OpenAIPolicy(srv.base_url, "judge"))
+        labels = label_judge(trajs, OpenAIPolicy(srv.base_url, "stepforge"))
         assert [t.first_error for t in labels[:2]] == [4, None]
         assert labels[0].step_labels == truth_labels(9, 4) and labels[0].label_source == "judge"
         assert labels[2].meta["judge_unparseable"] and labels[2].step_labels == [None] * 9
-        assert attempts["n"] == 3
+        assert attempts["n"] == 5  # seeded: one prompt per request (3), two of them retried after a 503
     finally:
         srv.shutdown()
         srv.server_close()
@@ -290,7 +290,7 @@ def test_garbage_judge_reply_fails_with_a_clear_error():
     srv, _ = flaky_server(JudgeByChecker(), failures=100, body=b"<html>not json</html>")
     try:
         with pytest.raises(BackendError, match=r"127\.0\.0\.1.*not JSON"):
-            label_judge([trajectory(P8, 1)], OpenAIPolicy(srv.base_url, "judge", max_retries=0))
+            label_judge([trajectory(P8, 1)], OpenAIPolicy(srv.base_url, "stepforge", max_retries=0))
     finally:
         srv.shutdown()
         srv.server_close()

@@ -41,7 +41,7 @@ def make_policy(backend: str, model: str | None = None, base_url: str | None = N
             raise ValueError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
         from stepforge.backends.openai_backend import OpenAIPolicy
 
-        return OpenAIPolicy(base_url, model or "default", **kwargs)
+        return OpenAIPolicy(base_url, model, **kwargs)
     if backend == "vllm":
         if not model:
             raise ValueError("the vllm backend needs --model")

@@ -1,13 +1,22 @@
 """Any OpenAI-compatible server (vLLM serve, SGLang, TGI, llama.cpp, stepforge serve) through
 ``/v1/completions``: the prompt is the shared prefix and ``n`` asks for n continuations.
 
-Timeouts and retries with exponential backoff on connection errors and 5xx/429 replies are
-the official ``openai`` client's; after the last retry we raise :class:`BackendError` naming
-the server and what failed.
+- Seeds: a seeded call sends one prompt per request with that prompt's own seed (from
+  :mod:`stepforge.seeds`), so samples do not depend on how prompts were batched; unseeded
+  calls send ``prompts_per_request`` prompts per request (the API takes a list).
+- A server that ignores a list ``prompt`` (answers n choices instead of n·len(prompts)) is
+  detected on the first such reply, logged, and sent one prompt per request from then on.
+- Token counts: per choice when the server says (stepforge serve) or sends logprobs; else
+  the request's ``usage.completion_tokens`` (what spec servers, vLLM included, send) is
+  apportioned over its choices by text length.
+- Retries: the official client's (exponential backoff on connection errors, timeouts,
+  408/409/429/5xx), plus ours for 200 replies that are truncated or not JSON.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,87 +28,200 @@ from stepforge.backends.base import (
     cut_at_stop,
     validate_request,
 )
+from stepforge.seeds import prompt_seeds
+
+log = logging.getLogger(__name__)
+
+
+class _BadReply(Exception):
+    """A 200 reply that cannot be used (not JSON, cut off, no choices): retried."""
 
 
 class OpenAIPolicy:
-    """``base_url`` like ``http://127.0.0.1:8000/v1``. ``prompts_per_request`` prompts go in one
-    request (the completions API takes a list); ``concurrency`` requests run at once."""
+    """``base_url`` like ``http://127.0.0.1:8000/v1``. Unseeded calls put ``prompts_per_request``
+    prompts in one request; ``concurrency`` requests run at once; ``timeout`` (seconds) and
+    ``max_retries`` apply to every request."""
 
-    def __init__(self, base_url: str, model: str, *, api_key: str = "EMPTY", timeout: float = 60.0,
-                 max_retries: int = 3, prompts_per_request: int = 16, concurrency: int = 4) -> None:
+    def __init__(self, base_url: str, model: str | None = None, *, api_key: str = "EMPTY", timeout: float = 60.0,
+                 max_retries: int = 3, prompts_per_request: int = 16, concurrency: int = 8) -> None:
         import openai
 
+        if timeout <= 0 or max_retries < 0 or prompts_per_request < 1 or concurrency < 1:
+            raise ValueError("need timeout > 0, retries >= 0, prompts_per_request >= 1, concurrency >= 1")
         self._openai = openai
         self.base_url = base_url.rstrip("/")
-        self.model = model
+        self.timeout = timeout
         self.max_retries = max_retries
         self.prompts_per_request = prompts_per_request
         self.concurrency = concurrency
+        self.list_prompts_ok: bool | None = None  # learned from the first multi-prompt reply
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout,
                                     max_retries=max_retries)
-        self.name = f"openai:{self.base_url}:{model}"
+        self.model = model or self._only_served_model()
+        self.name = f"openai:{self.base_url}:{self.model}"
+
+    def _only_served_model(self) -> str:
+        """The model name when none was given: the server's only one (``/v1/models``)."""
+        try:
+            served = [m.id for m in self.client.models.list()]
+        except self._openai.APIConnectionError as err:
+            raise BackendError(f"{self.base_url}: server unreachable after {self.max_retries + 1} attempts "
+                               f"({type(err).__name__}: {err})") from None
+        except Exception as err:  # noqa: BLE001 - any failure here means "could not ask"
+            raise BackendError(f"{self.base_url}: no --model given and /v1/models could not be read "
+                               f"({type(err).__name__}: {str(err)[:200]}); pass --model") from None
+        if len(served) != 1:
+            raise BackendError(f"{self.base_url}: no --model given and the server serves {len(served)} models "
+                               f"({', '.join(served[:10])}); pass --model")
+        return served[0]
 
     def generate(self, prompts: Sequence[str], *, n: int = 1, stop: Sequence[str] | None = None,
-                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | None = None
+                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | Sequence[int] | None = None
                  ) -> GenerationResult:
         validate_request(prompts, n, max_new_tokens, temperature)
-        chunks = [list(prompts[i:i + self.prompts_per_request])
-                  for i in range(0, len(prompts), self.prompts_per_request)]
-        args = [(c, n, list(stop or []), max_new_tokens, temperature,
-                 None if seed is None else seed + k) for k, c in enumerate(chunks)]
-        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(chunks)))) as pool:
-            parts = list(pool.map(lambda a: self._request(*a), args))
+        seeds = prompt_seeds(seed, len(prompts))
+        if seeds is not None or self.list_prompts_ok is False:
+            chunks = [[p] for p in prompts]
+        else:
+            chunks = [list(prompts[i:i + self.prompts_per_request])
+                      for i in range(0, len(prompts), self.prompts_per_request)]
+        args = [(c, n, list(stop or []), max_new_tokens, temperature, None if seeds is None else seeds[k])
+                for k, c in enumerate(chunks)]
+        if self.list_prompts_ok is None and len(chunks) > 0 and len(chunks[0]) > 1:
+            first = self._request_or_split(*args[0])  # learn whether list prompts work before fanning out
+            parts = [first, *self._map(args[1:])]
+        else:
+            parts = self._map(args)
         completions = [row for rows, _ in parts for row in rows]
         cost = GenerationCost()
         for _, c in parts:
             cost = cost + c
         return GenerationResult(completions, cost)
 
-    def _request(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
-                 temperature: float, seed: int | None) -> tuple[list[list[Completion]], GenerationCost]:
+    def _map(self, args: list[tuple]) -> list[tuple[list[list[Completion]], GenerationCost]]:
+        if not args:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(args)))) as pool:
+            return list(pool.map(lambda a: self._request_or_split(*a), args))
+
+    def _request_or_split(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
+                          temperature: float, seed: int | None) -> tuple[list[list[Completion]], GenerationCost]:
+        if len(prompts) > 1 and self.list_prompts_ok is False:
+            parts = [self._request([p], n, stop, max_new_tokens, temperature, seed) for p in prompts]
+            cost = GenerationCost()
+            for _, c in parts:
+                cost = cost + c
+            return [row for rows, _ in parts for row in rows], cost
+        rows, cost, ignored_list = self._request_maybe_list(prompts, n, stop, max_new_tokens, temperature, seed)
+        if ignored_list:
+            log.warning("%s ignores a list 'prompt' (answered %d choices for %d prompts x n=%d); sending one "
+                        "prompt per request from now on", self.base_url, n, len(prompts), n)
+            self.list_prompts_ok = False
+            return self._request_or_split(prompts, n, stop, max_new_tokens, temperature, seed)
+        if len(prompts) > 1:
+            self.list_prompts_ok = True
+        return rows, cost
+
+    def _request(self, prompts, n, stop, max_new_tokens, temperature, seed):
+        rows, cost, ignored = self._request_maybe_list(prompts, n, stop, max_new_tokens, temperature, seed)
+        assert not ignored  # one prompt: nothing to ignore
+        return rows, cost
+
+    def _request_maybe_list(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
+                            temperature: float, seed: int | None
+                            ) -> tuple[list[list[Completion]], GenerationCost, bool]:
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self._call(prompts, n, stop, max_new_tokens, temperature, seed)
+                choices = getattr(resp, "choices", None)
+                if not isinstance(choices, list) or not choices:
+                    raise _BadReply(f"reply has no 'choices': {str(resp)[:200]}")
+                if len(prompts) > 1 and len(choices) == n:
+                    return [], GenerationCost(), True
+                rows, cost = self._parse(resp, choices, prompts, n, stop)
+                return rows, cost, False
+            except _BadReply as err:
+                if attempt == self.max_retries:
+                    raise BackendError(f"{self.base_url}: bad reply after {attempt + 1} attempts: {err}") from None
+                time.sleep(min(8.0, 0.25 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def _call(self, prompts, n, stop, max_new_tokens, temperature, seed):
         oa = self._openai
+        attempts = self.max_retries + 1
         try:
-            resp = self.client.completions.create(
-                model=self.model, prompt=prompts, n=n, max_tokens=max_new_tokens, temperature=temperature,
-                stop=stop or None, seed=seed)
+            return self.client.completions.create(
+                model=self.model, prompt=prompts if len(prompts) > 1 else prompts[0], n=n, max_tokens=max_new_tokens,
+                temperature=temperature, stop=stop or None, seed=seed)
+        except oa.APITimeoutError as err:
+            raise BackendError(f"{self.base_url}: timed out after {self.timeout:g} s, {attempts} attempts "
+                               "(raise --timeout for a slow server)") from err
         except oa.APIConnectionError as err:
-            raise BackendError(f"{self.base_url}: server unreachable after {self.max_retries + 1} attempts "
+            raise BackendError(f"{self.base_url}: server unreachable after {attempts} attempts "
                                f"({type(err).__name__}: {err})") from err
         except oa.APIStatusError as err:
-            raise BackendError(f"{self.base_url}: HTTP {err.status_code} after {self.max_retries + 1} attempts "
+            if err.status_code == 404 and "model" in str(err).lower():
+                raise BackendError(f"{self.base_url}: the server does not serve model {self.model!r} "
+                                   f"(HTTP 404): {str(err)[:300]}") from err
+            raise BackendError(f"{self.base_url}: HTTP {err.status_code} after {attempts} attempts "
                                f"(retries apply to 408/409/429/5xx): {str(err)[:300]}") from err
-        except oa.APIError as err:  # malformed body and the like
-            raise BackendError(f"{self.base_url}: bad reply: {err}") from err
-        except ValueError as err:  # the client parses a non-JSON body with json.loads
-            raise BackendError(f"{self.base_url}: bad reply (not JSON): {err}") from err
+        except ValueError as err:  # the client parses the body with json.loads
+            raise _BadReply(f"not JSON ({type(err).__name__}: {str(err)[:200]})") from err
+        except oa.APIError as err:  # malformed / truncated body on a 200
+            raise _BadReply(f"{type(err).__name__}: {str(err)[:200]}") from err
+
+    def _parse(self, resp, choices: list, prompts: list[str], n: int, stop: list[str]
+               ) -> tuple[list[list[Completion]], GenerationCost]:
         rows: list[list[Completion | None]] = [[None] * n for _ in prompts]
-        choices = getattr(resp, "choices", None)
-        if not isinstance(choices, list):
-            raise BackendError(f"{self.base_url}: reply has no 'choices' list: {str(resp)[:200]}")
         per_row = [0] * len(prompts)
-        generated = 0
+        exact: list[int | None] = []
         for ch in choices:
-            i = ch.index // n  # the API numbers choices prompt-major: index = prompt * n + sample
+            index = getattr(ch, "index", None)
+            if not isinstance(index, int):
+                raise _BadReply(f"choice without an integer index: {str(ch)[:200]}")
+            i = index // n  # the API numbers choices prompt-major: index = prompt * n + sample
             if not 0 <= i < len(prompts) or per_row[i] >= n:
-                raise BackendError(f"{self.base_url}: choice index {ch.index} out of range for "
+                raise BackendError(f"{self.base_url}: choice index {index} out of range for "
                                    f"{len(prompts)} prompts x n={n}")
             text, hit = cut_at_stop(ch.text or "", stop)  # some servers return the stop string
             reason = "length" if ch.finish_reason == "length" else "stop"
-            stop_reason = hit or _stop_reason(ch, stop)
-            tokens = _choice_tokens(ch)
-            generated += tokens
-            rows[i][per_row[i]] = Completion(text, tokens, reason, stop_reason)
+            exact.append(_choice_tokens(ch))
+            rows[i][per_row[i]] = Completion(text, 0, reason, hit or _stop_reason(ch, stop))
             per_row[i] += 1
         if any(c is None for row in rows for c in row):
-            raise BackendError(f"{self.base_url}: expected {len(prompts) * n} choices, got {len(choices)}")
+            raise _BadReply(f"expected {len(prompts) * n} choices, got {len(choices)}")
+        flat = [c for row in rows for c in row]  # type: ignore[misc]
         usage = getattr(resp, "usage", None)
+        total = getattr(usage, "completion_tokens", None) if usage is not None else None
+        counts = _apportion(exact, [len(c.text) for c in flat], total)
+        for c, k in zip(flat, counts, strict=True):
+            c.tokens = k
+        generated = total if isinstance(total, int) else sum(counts)
         prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
-        if usage is not None and getattr(usage, "completion_tokens", None) is not None:
-            generated = usage.completion_tokens
         # A server does not tell its forward passes; one prefill plus one per generated token of
         # the longest choice is what a batched server does for this request.
-        longest = max((c.tokens for row in rows for c in row), default=0)
-        return rows, GenerationCost(prompt_tokens, generated, 1 + longest)  # type: ignore[arg-type]
+        longest = max(counts, default=0)
+        return rows, GenerationCost(prompt_tokens, generated, 1 + longest)  # type: ignore[return-value]
+
+
+def _apportion(exact: list[int | None], lengths: list[int], total: int | None) -> list[int]:
+    """Tokens per choice: the exact count where known; otherwise ``total`` (usage) minus the
+    known counts, shared by text length (largest remainder, so the counts add up to it)."""
+    if all(e is not None for e in exact):
+        return [int(e) for e in exact]  # type: ignore[arg-type]
+    if not isinstance(total, int):
+        return [int(e) if e is not None else 0 for e in exact]
+    unknown = [i for i, e in enumerate(exact) if e is None]
+    left = max(0, total - sum(e for e in exact if e is not None))
+    weights = [max(1, lengths[i]) for i in unknown]
+    shares = [left * w / sum(weights) for w in weights]
+    counts = [int(s) for s in shares]
+    for j in sorted(range(len(unknown)), key=lambda j: shares[j] - counts[j], reverse=True)[:left - sum(counts)]:
+        counts[j] += 1
+    out = [int(e) if e is not None else 0 for e in exact]
+    for i, k in zip(unknown, counts, strict=True):
+        out[i] = k
+    return out
 
 
 def _stop_reason(choice, stop: list[str]) -> str | None:
@@ -109,11 +231,11 @@ def _stop_reason(choice, stop: list[str]) -> str | None:
     return value if isinstance(value, str) and value in stop else None
 
 
-def _choice_tokens(choice) -> int:
+def _choice_tokens(choice) -> int | None:
     extra = getattr(choice, "model_extra", None) or {}
     if isinstance(extra.get("completion_tokens"), int):  # stepforge serve reports it per choice
         return extra["completion_tokens"]
     logprobs = getattr(choice, "logprobs", None)
     if logprobs is not None and getattr(logprobs, "tokens", None):
         return len(logprobs.tokens)
-    return 0
+    return None

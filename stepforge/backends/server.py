@@ -17,6 +17,10 @@ from typing import Any
 from stepforge.backends.base import Policy
 
 
+class ModelNotFound(LookupError):
+    """The request names a model this server does not serve."""
+
+
 class CompletionsHandler(BaseHTTPRequestHandler):
     server: PolicyServer
     protocol_version = "HTTP/1.1"
@@ -50,6 +54,10 @@ class CompletionsHandler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
             reply = self.server.complete(body)
+        except ModelNotFound as err:
+            self.send_json(404, {"error": {"message": str(err), "type": "invalid_request_error",
+                                           "code": "model_not_found"}})
+            return
         except (ValueError, TypeError, KeyError) as err:
             self.error(400, str(err))
             return
@@ -73,6 +81,9 @@ class PolicyServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
     def complete(self, body: dict) -> dict:
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise ModelNotFound(f"The model {model!r} does not exist; this server serves {self.model_name!r}")
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts) or not prompts:
@@ -80,9 +91,15 @@ class PolicyServer(ThreadingHTTPServer):
         stop = body.get("stop")
         stop = [stop] if isinstance(stop, str) else (stop or [])
         n = int(body.get("n", 1))
+        seed = body.get("seed")
+        if seed is not None and not isinstance(seed, int):
+            raise ValueError("'seed' must be an integer")
+        # one prompt: the request's seed is that prompt's seed, exactly as a local call with
+        # per-prompt seeds (stepforge.seeds), so served and local samples agree
+        seeds = [seed] if seed is not None and len(prompts) == 1 else seed
         with self._lock:
             result = self.policy.generate(prompts, n=n, stop=stop, max_new_tokens=int(body.get("max_tokens", 16)),
-                                          temperature=float(body.get("temperature", 1.0)), seed=body.get("seed"))
+                                          temperature=float(body.get("temperature", 1.0)), seed=seeds)
         choices = []
         for i, row in enumerate(result.completions):
             for j, c in enumerate(row):

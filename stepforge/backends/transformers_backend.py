@@ -2,7 +2,10 @@
 
 Prompts are left-padded and batched together; with ``n > 1`` each prompt's KV cache is
 computed once and expanded to ``n`` rows (``DynamicCache.batch_repeat_interleave``) before
-sampling, instead of re-encoding the prefix ``n`` times. Sampling is HF ``generate``.
+sampling, instead of re-encoding the prefix ``n`` times. Decoding is HF ``generate``; the
+sampling draw itself is :class:`SeededSampler` (Gumbel-max with one generator per sample), so
+sample j of a prompt depends on that prompt's seed and j only, not on what else is in the
+batch (see :mod:`stepforge.seeds`). Inputs follow the model's device.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from stepforge.backends.base import (
     Completion,
@@ -20,6 +23,27 @@ from stepforge.backends.base import (
     cut_at_stop,
     validate_request,
 )
+from stepforge.backends.device import load_causal_lm, model_device
+from stepforge.seeds import prompt_seeds, sample_seed
+
+
+class SeededSampler(LogitsProcessor):
+    """Sampling from softmax(logits / T) with one torch.Generator per row (Gumbel-max trick:
+    argmax(log p + G), G ~ Gumbel(0, 1), is a draw from p). Returns logits that are −inf
+    everywhere but at the drawn token, so greedy decoding takes it. Row r's t-th draw uses
+    only its own generator, which makes samples independent of batch size and composition."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, device: torch.device) -> None:
+        self.temperature = temperature
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
+        neg_log_u = torch.log(u.clamp(min=1e-20)).neg().clamp(min=1e-20)  # −log u > 0
+        gumbel = neg_log_u.log().neg()
+        choice = (logp + gumbel).argmax(-1, keepdim=True)
+        return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
 
 
 class TransformersPolicy:
@@ -41,34 +65,43 @@ class TransformersPolicy:
         self.name = name or f"transformers:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> TransformersPolicy:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = "auto",
+                        dtype: str | torch.dtype | None = "auto", **kwargs) -> TransformersPolicy:
+        model, tokenizer = load_causal_lm(path, device, dtype)
         return cls(model, tokenizer, name=f"transformers:{path}", **kwargs)
+
+    @property
+    def max_context(self) -> int | None:
+        """The model's context length in tokens (``max_position_embeddings``), if it says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts)).input_ids]
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], *, n: int = 1, stop: Sequence[str] | None = None,
-                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | None = None
+                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | Sequence[int] | None = None
                  ) -> GenerationResult:
         validate_request(prompts, n, max_new_tokens, temperature)
+        seeds = prompt_seeds(seed, len(prompts))
+        if seeds is None:  # unseeded: fresh seeds from torch's global RNG
+            seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
         per_chunk = max(1, self.max_batch_rows // n)
         completions: list[list[Completion]] = []
         cost = GenerationCost()
-        with torch.random.fork_rng(devices=[]):  # seeding must not disturb the caller's RNG
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(prompts), per_chunk):
-                rows, c = self._generate_chunk(list(prompts[start:start + per_chunk]), n, list(stop or []),
-                                               max_new_tokens, temperature)
-                completions.extend(rows)
-                cost = cost + c
+        for start in range(0, len(prompts), per_chunk):
+            rows, c = self._generate_chunk(list(prompts[start:start + per_chunk]), n, list(stop or []),
+                                           max_new_tokens, temperature, seeds[start:start + per_chunk])
+            completions.extend(rows)
+            cost = cost + c
         return GenerationResult(completions, cost)
 
     def _generate_chunk(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
-                        temperature: float) -> tuple[list[list[Completion]], GenerationCost]:
+                        temperature: float, seeds: list[int]) -> tuple[list[list[Completion]], GenerationCost]:
         tok = self.tokenizer
+        device = model_device(self.model)
         enc = tok(prompts, return_tensors="pt", padding=True)
-        ids, mask = enc.input_ids, enc.attention_mask
+        ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
         width = ids.shape[1]
         prompt_tokens = int(mask.sum())
         kwargs: dict = {}
@@ -88,13 +121,16 @@ class TransformersPolicy:
             prompt_tokens *= n  # the naive path really encodes each prompt n times
         ids = ids.repeat_interleave(n, dim=0)
         mask = mask.repeat_interleave(n, dim=0)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
-            if temperature > 0 else {"do_sample": False}
+        if temperature > 0:
+            row_seeds = [sample_seed(s, j) for s in seeds for j in range(n)]
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(row_seeds, temperature, device)])
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=tok)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                  **sampling, **kwargs)
+        # A config of our own: the model's generation_config (its temperature, top_p, repetition
+        # penalty...) must not change what "temperature T" means here.
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **kwargs)
         new = out[:, width:]
         forward_passes += new.shape[1]
         rows: list[list[Completion]] = []
