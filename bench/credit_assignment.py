@@ -31,8 +31,8 @@ from stepforge.eval.sampling import sampling_report
 from stepforge.prm.implicit import ImplicitPRM
 from stepforge.prm.model import ProcessRewardModel
 from stepforge.sample import sample_trajectories
-from stepforge.tasks import ARITH
 from stepforge.train.rl import RLConfig, train_rl
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.policy import SHIPPED_PRM
 from stepforge.worlds.arith.problems import ArithConfig, generate_problems
 
@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--trainable", default="norm", help="comma-separated parameter-name parts; '' = all")
     ap.add_argument("--variants", default="outcome,sum,min,min_vr",
                     help="credit forms to run; min_implicit = min-form on an implicit PRM refit online (PRIME)")
-    ap.add_argument("--plot", default="docs/credit_assignment_world.png")
+    ap.add_argument("--plot", default="runs/bench/credit_assignment_world.png",
+                    help="plot path (default under runs/; pass docs/... to refresh the README figure)")
     args = ap.parse_args()
     quiet_cpu()
     trainable = tuple(x for x in args.trainable.split(",") if x)

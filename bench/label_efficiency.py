@@ -22,7 +22,7 @@ from stepforge.backends import make_policy
 from stepforge.label.methods import label_binary, label_mc, problem_of
 from stepforge.label.rollouts import RolloutEstimator
 from stepforge.sample import sample_trajectories
-from stepforge.tasks import ARITH
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import ArithConfig, generate_problems
 
 

@@ -20,7 +20,7 @@ from _common import quiet_cpu
 
 from stepforge.prm.model import PRMConfig, ProcessRewardModel
 from stepforge.sample import sample_trajectories
-from stepforge.tasks import ARITH
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.policy import resolve_policy_dir
 from stepforge.worlds.arith.problems import ArithConfig, generate_problems
 

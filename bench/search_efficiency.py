@@ -17,7 +17,7 @@ from stepforge.backends import make_policy
 from stepforge.prm.model import ProcessRewardModel
 from stepforge.search.base import whole_sample_search
 from stepforge.search.beam import beam_search
-from stepforge.tasks import ARITH
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.policy import SHIPPED_PRM
 from stepforge.worlds.arith.problems import ArithConfig, generate_problems
 

@@ -27,9 +27,9 @@ from stepforge.label.methods import label_binary, label_truth
 from stepforge.label.rollouts import RolloutEstimator
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Problem, Trajectory
-from stepforge.tasks import ARITH
 from stepforge.train.dpo import train_dpo
 from stepforge.train.pairs import step_dpo_pairs
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import ArithConfig, generate_problems
 
 WORLD = ArithConfig(min_steps=4, max_steps=8)

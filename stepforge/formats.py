@@ -6,6 +6,16 @@
 | PRM800K       | ``{question{problem}, label{steps[{completions[{text, rating}], …}]}}`` | −1 / 0 / +1 |
 | Math-Shepherd | ``{input: "... step ки\\n...", label: "... step +\\n..."}``           | "+" / "−" in place of ки     |
 | TRL stepwise  | ``{prompt, completions[], labels[bool]}``                             | bool per step               |
+| PRMBench      | ``{idx, modified_question, modified_process[], error_steps[]}``       | 1-based error steps         |
+
+PRMBench numbers steps from 1 (its step texts start "1. ", "2. "...), so ``error_steps`` = [3, 4]
+means steps with 0-based indices 2 and 3, and ``first_error = min(error_steps) − 1``. Each row
+also gives its unmodified process, imported as a second, error-free trajectory
+``{idx}/original`` (so first-error F1 has correct samples to score).
+
+ProcessBench export writes ProcessBench's own JSON list (``indent=2``, UTF-8 kept) and restores
+every field an import read (``generator`` and any other, in their order), so import → export
+is byte-for-byte the original file.
 """
 
 from __future__ import annotations
@@ -16,9 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stepforge.schema import RecordError, Trajectory, iter_json_lines
+from stepforge.schema import RecordError, Trajectory, check_input_file, iter_json_lines
 
-FORMATS = ("processbench", "prm800k", "math-shepherd", "trl")
+FORMATS = ("processbench", "prm800k", "prmbench", "math-shepherd", "trl")
+EXPORTS = ("processbench", "prm800k", "math-shepherd", "trl")
+_PB_KNOWN = ("id", "problem", "steps", "final_answer_correct", "label")
 
 
 def _truth_style(n: int, first_error: int | None) -> list[float]:
@@ -27,7 +39,10 @@ def _truth_style(n: int, first_error: int | None) -> list[float]:
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Records of a JSON list file or a JSONL file, each with where it came from."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = check_input_file(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -59,10 +74,12 @@ def from_processbench(row: dict, where: str) -> Trajectory:
     if not -1 <= label < len(steps):
         raise RecordError(f"{where}: label {label} is not -1 or a step index (0..{len(steps) - 1})")
     first = None if label == -1 else label
+    extra = {k: v for k, v in row.items() if k not in _PB_KNOWN}
     return Trajectory(id=str(row["id"]), problem_id=str(row["id"]), question=row["problem"], steps=steps,
                       correct=row.get("final_answer_correct"), first_error=first,
                       step_labels=_truth_style(len(steps), first), label_source="human",
-                      meta={"generator": row.get("generator"), "format": "processbench"})
+                      meta={"generator": row.get("generator"), "format": "processbench",
+                            "processbench": {"fields": list(row), "extra": extra}})
 
 
 def from_prm800k(row: dict, where: str, neutral: float = 1.0) -> Trajectory:
@@ -142,8 +159,43 @@ def from_trl(row: dict, where: str) -> Trajectory:
                       first_error=first, step_labels=values, label_source="human", meta={"format": "trl"})
 
 
-_READERS = {"processbench": from_processbench, "prm800k": from_prm800k, "math-shepherd": from_math_shepherd,
-            "trl": from_trl}
+def from_prmbench(row: dict, where: str) -> list[Trajectory]:
+    """A PRMBench row: the modified process with its first error, and the original process as
+    an error-free trajectory (see the module docstring for the index base). Rows whose error
+    steps all lie past the end of the process are skipped (no usable label)."""
+    _require(row, where, "idx", "modified_process", "error_steps")
+    question = row.get("modified_question") or row.get("question") or row.get("original_question")
+    steps = [str(s) for s in row["modified_process"]]
+    errors = row["error_steps"]
+    if not isinstance(question, str) or not steps or not isinstance(errors, list):
+        raise RecordError(f"{where}: expected a question, a non-empty modified_process and an error_steps list")
+    if any(not isinstance(e, int) or e < 1 for e in errors):
+        raise RecordError(f"{where}: error_steps {errors} must be 1-based step numbers (1..{len(steps)})")
+    # 43 of PRMBench's 3,013 rows name a step past the end of the process (4 name only such
+    # steps): the ones inside it are kept, the others recorded; a row with none inside is skipped
+    inside = [e for e in errors if e <= len(steps)]
+    if errors and not inside:
+        return []
+    first = min(inside) - 1 if inside else None
+    pid = _pid(question)
+    meta = {"format": "prmbench", "classification": row.get("classification"), "error_steps": errors,
+            "reason": row.get("reason")}
+    if len(inside) != len(errors):
+        meta["error_steps_past_end"] = [e for e in errors if e > len(steps)]
+    out = [Trajectory(id=str(row["idx"]), problem_id=pid, question=question, steps=steps, first_error=first,
+                      correct=None if first is None else False, step_labels=_truth_style(len(steps), first),
+                      label_source="human", meta=meta)]
+    original = row.get("original_process")
+    if isinstance(original, list) and original:
+        out.append(Trajectory(id=f"{row['idx']}/original", problem_id=pid,
+                              question=row.get("original_question") or question, steps=[str(s) for s in original],
+                              first_error=None, step_labels=[1.0] * len(original), label_source="human",
+                              meta={"format": "prmbench", "classification": "original"}))
+    return out
+
+
+_READERS = {"processbench": from_processbench, "prm800k": from_prm800k, "prmbench": from_prmbench,
+            "math-shepherd": from_math_shepherd, "trl": from_trl}
 
 
 def import_file(path: str | Path, fmt: str) -> list[Trajectory]:
@@ -153,10 +205,11 @@ def import_file(path: str | Path, fmt: str) -> list[Trajectory]:
     path = Path(path)
     if not path.exists():
         raise RecordError(f"{path}: no such file")
-    out = []
+    out: list[Trajectory] = []
     for where, row in _rows(path):
         try:
-            out.append(_READERS[fmt](row, where))
+            got = _READERS[fmt](row, where)
+            out.extend(got if isinstance(got, list) else [got])
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             if isinstance(err, RecordError):
                 raise
@@ -182,5 +235,34 @@ def to_math_shepherd(t: Trajectory, threshold: float = 0.5, tag: str = "ки") -
 
 
 def to_processbench(t: Trajectory) -> dict[str, Any]:
-    return {"id": t.id, "problem": t.question, "steps": list(t.steps), "final_answer_correct": t.correct,
-            "label": -1 if t.first_error is None else t.first_error}
+    """A ProcessBench record, with the fields (and their order) an import kept in meta."""
+    known = {"id": t.id, "problem": t.question, "steps": list(t.steps), "final_answer_correct": t.correct,
+             "label": -1 if t.first_error is None else t.first_error}
+    kept = t.meta.get("processbench") or {}
+    extra = dict(kept.get("extra") or {})
+    if "generator" not in extra and t.meta.get("generator") is not None:
+        extra["generator"] = t.meta["generator"]
+    order = list(kept.get("fields") or ["id", "generator", "problem", "steps", "final_answer_correct", "label"])
+    values = {**extra, **known}
+    row = {k: values[k] for k in order if k in values}
+    row.update({k: v for k, v in values.items() if k not in row})
+    return row
+
+
+def to_prm800k(t: Trajectory, threshold: float = 0.5) -> dict[str, Any]:
+    """A PRM800K-style record: one chosen completion per step, rated +1 (label ≥ threshold),
+    −1 (below) or null (unlabeled); neutral (0) ratings cannot be recovered from labels."""
+    steps = [{"completions": [{"text": s, "rating": None if v is None else (1 if v >= threshold else -1)}],
+              "chosen_completion": 0} for s, v in zip(t.steps, t.step_labels, strict=True)]
+    return {"question": {"problem": t.question, "ground_truth_answer": t.meta.get("ground_truth_answer")},
+            "label": {"steps": steps, "finish_reason": t.meta.get("finish_reason") or "solution"}}
+
+
+def export(trajectories: list[Trajectory], fmt: str) -> str:
+    """The text of a file in ``fmt``: ProcessBench's JSON list, or JSONL for the others."""
+    if fmt == "processbench":
+        return json.dumps([to_processbench(t) for t in trajectories], indent=2, ensure_ascii=False)
+    writers = {"trl": to_trl, "math-shepherd": to_math_shepherd, "prm800k": to_prm800k}
+    if fmt not in writers:
+        raise ValueError(f"unknown output format {fmt!r}; choose from stepforge, {', '.join(EXPORTS)}")
+    return "".join(json.dumps(writers[fmt](t), ensure_ascii=False) + "\n" for t in trajectories)

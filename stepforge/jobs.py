@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-from stepforge.schema import read_jsonl, repair_jsonl_tail, write_jsonl
+from stepforge.schema import RecordError, read_jsonl, repair_jsonl_tail, write_jsonl
 
 Item = TypeVar("Item")
 Rec = TypeVar("Rec", bound=BaseModel)
@@ -71,6 +71,9 @@ def _complete_batches(path: Path, batches: Sequence[Batch], record_type: type[Re
     kept, current = [], None
     for r in existing:
         current = owner.get(id_of(r), current)
+        if current is None:  # not this job's record: never drop what another run wrote
+            raise RecordError(f"{path}: holds record {id_of(r)!r}, which this job does not write; "
+                              "choose another output (or --overwrite to replace it)")
         if current in done:
             kept.append(r)
     if len(kept) != len(existing):

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepforge.backends.base import Completion, GenerationCost, Policy
+from stepforge.guards import refuse_too_long, too_long
 from stepforge.jobs import Batch, JobStats, run_resumable
 from stepforge.schema import Cost, Problem, Trajectory
-from stepforge.tasks import Task
+from stepforge.seeds import derive_seed
+from stepforge.tasks import Chat, Task
 
 
 @dataclass
@@ -25,7 +27,7 @@ def to_trajectory(problem: Problem, completion: Completion, task: Task, trajecto
     """Read a completion back: steps, final answer, correctness and (if the task has an exact
     checker) the ground-truth first error and step labels."""
     steps = task.steps(completion.text)
-    answer = task.extract_answer(completion.text)
+    answer = task.extract_answer(completion.text) if completion.text.strip() else None
     record_meta = {"finish_reason": completion.finish_reason, **(meta or {})}
     if answer is None:
         record_meta["unparseable"] = True
@@ -43,6 +45,26 @@ def to_trajectory(problem: Problem, completion: Completion, task: Task, trajecto
     )
 
 
+def check_prompt_lengths(policy: Policy, problems: Sequence[Problem], task: Task, max_new_tokens: int,
+                         skip: bool = False) -> tuple[list[Problem], dict[str, str]]:
+    """Problems whose prompt plus ``max_new_tokens`` fits the policy's context (when it says
+    what that is), and why the others do not. Without ``skip`` an over-long problem is an
+    error naming it, raised before any generation."""
+    texts = [p.text if isinstance(p, Chat) else p for p in (task.prompt(q) for q in problems)]
+    reasons = too_long(texts, getattr(policy, "max_context", None), getattr(policy, "count_tokens", None),
+                       reserve=max_new_tokens)
+    if not skip:
+        refuse_too_long([f"problem {q.id!r}" for q in problems], reasons,
+                        f"{getattr(policy, 'name', 'the policy')}'s context (prompt + --max-new-tokens)")
+    skipped = {q.id: r for q, r in zip(problems, reasons, strict=True) if r is not None}
+    return [q for q in problems if q.id not in skipped], skipped
+
+
+def problem_seed(seed: int, problem: Problem, purpose: str = "sample") -> int:
+    """The seed of a problem's whole-solution samples in a run seeded ``seed``."""
+    return derive_seed(seed, problem.id, purpose)
+
+
 def truth_labels(n_steps: int, first_error: int | None) -> list[float]:
     """Hard labels from a known first error: steps before it lie on a correct path (1), it and
     every later step do not (0)."""
@@ -55,13 +77,15 @@ def sample_trajectories(policy: Policy, problems: Sequence[Problem], task: Task,
                         temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 256,
                         batch_problems: int = 64, id_suffix: str = "s") -> Iterator[SampleBatch]:
     """Yield one :class:`SampleBatch` per ``batch_problems`` problems, so callers can write
-    results incrementally. Trajectory ids are ``{problem_id}/{id_suffix}{j}``; batch b is
-    sampled with seed ``seed + b``, so a resumed run reproduces the same batches."""
-    for b, start in enumerate(range(0, len(problems), batch_problems)):
+    results incrementally. Trajectory ids are ``{problem_id}/{id_suffix}{j}``; sample j of
+    problem p is seeded by (seed, p.id, "sample", j) (:mod:`stepforge.seeds`), so the samples
+    do not depend on batching, resuming or the backend, and the first k of n samples are
+    the k samples of a run with n = k."""
+    for start in range(0, len(problems), batch_problems):
         chunk = problems[start:start + batch_problems]
-        result = policy.generate([task.build_prompt(p) for p in chunk], n=n,
+        result = policy.generate([task.prompt(p) for p in chunk], n=n,
                                  stop=list(task.solution_stop) or None, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, seed=seed + b)
+                                 temperature=temperature, seed=[problem_seed(seed, p) for p in chunk])
         trajectories = [
             to_trajectory(p, c, task, f"{p.id}/{id_suffix}{j}", {"temperature": temperature})
             for p, row in zip(chunk, result.completions, strict=True) for j, c in enumerate(row)
@@ -74,9 +98,9 @@ def sample_to_file(policy: Policy, problems: Sequence[Problem], task: Task, path
                    id_suffix: str = "s", on_batch: Callable[[SampleBatch], None] | None = None) -> JobStats:
     """Sample to a JSONL file, one fsync'd append per batch, resuming a previous run.
 
-    Batches are fixed by ``batch_problems`` over ``problems`` and seeded by their index, so a
-    run interrupted at any point and restarted writes the same file as one uninterrupted run
-    (see :mod:`stepforge.jobs`).
+    Batches are fixed by ``batch_problems`` over ``problems``; every sample is seeded by its
+    problem and index, so a run interrupted at any point and restarted writes the same file as
+    one uninterrupted run (see :mod:`stepforge.jobs`).
     """
     batches = [Batch(b, chunk, [f"{p.id}/{id_suffix}{j}" for p in chunk for j in range(n)])
                for b, chunk in enumerate(problems[i:i + batch_problems]
@@ -86,7 +110,7 @@ def sample_to_file(policy: Policy, problems: Sequence[Problem], task: Task, path
 
     def process(batch: Batch[Problem]) -> list[Trajectory]:
         last[batch.index] = next(sample_trajectories(
-            policy, batch.items, task, n=n, temperature=temperature, seed=seed + batch.index,
+            policy, batch.items, task, n=n, temperature=temperature, seed=seed,
             max_new_tokens=max_new_tokens, batch_problems=len(batch.items), id_suffix=id_suffix))
         return last[batch.index].trajectories
 

@@ -112,12 +112,26 @@ def parse_record(data: Any, model: type[Record], where: str) -> Record:
         raise RecordError(f"{where}: invalid {model.__name__}: {_describe(err)}") from None
 
 
-def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded value) for each non-blank line; malformed JSON raises naming
-    the file and line."""
+def check_input_file(path: str | Path) -> Path:
+    """An input that exists and is a regular file; a RecordError naming it otherwise."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    if not path.exists():
+        raise RecordError(f"{path}: no such file")
+    if path.is_dir():
+        raise RecordError(f"{path}: is a directory, not a file")
+    return path
+
+
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) for each non-blank line; malformed JSON or text that is not
+    UTF-8 raises naming the file and line."""
+    path = check_input_file(path)
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RecordError(f"{path}:{lineno}: not UTF-8 text (byte {err.start}: {err.reason})") from None
             if not line.strip():
                 continue
             try:
@@ -209,14 +223,39 @@ def read_parquet(path: str | Path, model: type[Record]) -> list[Record]:
     return out
 
 
-def read_records(path: str | Path, model: type[Record]) -> list[Record]:
-    """Read JSONL (``.jsonl``/``.json`` lines) or Parquet (``.parquet``) by extension."""
-    path = Path(path)
-    if not path.exists():
-        raise RecordError(f"{path}: no such file")
+def read_records(path: str | Path, model: type[Record], *, allow_empty: bool = False,
+                 unique_ids: bool = False) -> list[Record]:
+    """Read JSONL (``.jsonl``/``.json`` lines) or Parquet (``.parquet``) by extension. An empty
+    file is an error ("no records") unless ``allow_empty``; with ``unique_ids`` a repeated
+    ``id`` is an error naming both places."""
+    path = check_input_file(path)
     if path.suffix == ".parquet":
-        return read_parquet(path, model)
-    return read_jsonl(path, model)
+        try:
+            records = read_parquet(path, model)
+        except RecordError:
+            raise
+        except Exception as err:
+            raise RecordError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+    else:
+        records = read_jsonl(path, model)
+    if not records and not allow_empty:
+        raise RecordError(f"{path}: no records")
+    if unique_ids:
+        check_unique_ids(records, str(path))
+    return records
+
+
+def check_unique_ids(records: Iterable[BaseModel], where: str) -> None:
+    """Duplicate ids are an error naming both records (1-based positions: JSONL line numbers
+    when the file has no blank lines)."""
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(records, start=1):
+        rid = getattr(rec, "id", None)
+        if rid is None:
+            continue
+        if rid in seen:
+            raise RecordError(f"{where}: duplicate id {rid!r} (records {seen[rid]} and {i})")
+        seen[rid] = i
 
 
 def write_records(path: str | Path, records: Iterable[BaseModel]) -> int:

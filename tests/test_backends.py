@@ -110,7 +110,8 @@ def test_openai_backend_splits_requests_and_keeps_order(server, world_policy):
 def test_retries_5xx_then_succeeds(world_policy):
     srv, attempts = flaky_server(world_policy, failures=2)
     try:
-        res = OpenAIPolicy(srv.base_url, "stepforge", max_retries=3).generate(PROMPTS[:1], n=2, max_new_tokens=20, seed=0)
+        remote = OpenAIPolicy(srv.base_url, "stepforge", max_retries=3)
+        res = remote.generate(PROMPTS[:1], n=2, max_new_tokens=20, seed=0)
         assert attempts["n"] == 3 and len(res.completions[0]) == 2
     finally:
         srv.shutdown()

@@ -34,11 +34,29 @@ def test_sample_world_then_rerun_resumes(tmp_path):
 
 def test_sample_gsm8k_format_with_the_world_policy(tmp_path):
     # any backend on GSM8K-format data: the tiny policy is hopeless at it, but the pipeline runs
+    data = tmp_path / "short.jsonl"
+    data.write_text('{"question": "What is 2+3?", "answer": "5"}\n{"question": "What is 4*2?", "answer": "8"}\n')
     out = tmp_path / "g"
-    result = runner.invoke(app, ["sample", "--data", "gsm8k:test", "--limit", "2", "--n", "2", "--out", str(out),
+    result = runner.invoke(app, ["sample", "--data", str(data), "--task", "gsm8k", "--n", "2", "--out", str(out),
                                  "--max-new-tokens", "16", "--no-greedy"])
     assert result.exit_code == 0, result.output
     assert len(read_jsonl(out / "trajectories.jsonl", Trajectory)) == 4
+
+
+def test_prompts_longer_than_the_context_are_refused_before_generation(tmp_path):
+    # real GSM8K questions + the few-shot block exceed the world policy's 512 positions
+    out = tmp_path / "g"
+    result = runner.invoke(app, ["sample", "--data", "gsm8k:test", "--limit", "2", "--n", "2", "--out", str(out),
+                                 "--max-new-tokens", "16", "--no-greedy"])
+    assert result.exit_code == 2
+    assert "problem 'gsm8k-test-0': too long" in result.output.replace("\n", "") and not out.exists()
+    skipped = runner.invoke(app, ["sample", "--data", "gsm8k:test", "--limit", "2", "--n", "2", "--out", str(out),
+                                  "--max-new-tokens", "16", "--no-greedy", "--skip-too-long"])
+    assert skipped.exit_code == 0, skipped.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert "gsm8k-test-0" in summary["skipped_too_long"]
+    assert all(t.problem_id not in summary["skipped_too_long"]
+               for t in read_jsonl(out / "trajectories.jsonl", Trajectory))
 
 
 def test_sample_bad_data_names_the_line(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from scripted import ScriptedArithPolicy, flaky_server
 
 from stepforge.backends.openai_backend import OpenAIPolicy
+from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.label.judge import label_judge, parse_judgement
 from stepforge.label.methods import label_binary, label_mc, label_truth, problem_of
 from stepforge.label.quality import consensus, label_quality
@@ -16,7 +17,7 @@ from stepforge.label.rollouts import Query, RolloutEstimator
 from stepforge.label.runner import LabelConfig, label_file
 from stepforge.sample import truth_labels
 from stepforge.schema import Trajectory, read_jsonl, write_jsonl
-from stepforge.tasks import ARITH
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import ArithProblem
 
 P8 = ArithProblem(start=10, ops=(("+", 1), ("+", 2), ("*", 2), ("-", 3), ("+", 4), ("-", 5), ("+", 6), ("*", 2)))
@@ -186,8 +187,9 @@ def test_gsm8k_model_solutions_labeled_by_truth_and_rollouts(tmp_path, world_pol
     write_jsonl(src, trajs)
     problems = {p.id: p for p in load_gsm8k("test", limit=2)}
     label_file(src, tmp_path / "truth.jsonl", GSM8K, LabelConfig(method="truth"), problems=problems)
-    label_file(src, tmp_path / "mc.jsonl", GSM8K, LabelConfig(method="mc", k=2, max_new_tokens=8), world_policy,
-               problems)
+    # the world Llama (RoPE) runs past its configured 512 positions: enough to test the pipeline
+    roomy = TransformersPolicy(world_policy.model, world_policy.tokenizer, max_context=4096)
+    label_file(src, tmp_path / "mc.jsonl", GSM8K, LabelConfig(method="mc", k=2, max_new_tokens=8), roomy, problems)
     truth, mc = read_jsonl(tmp_path / "truth.jsonl", Trajectory), read_jsonl(tmp_path / "mc.jsonl", Trajectory)
     assert len(truth) == len(mc) == len(trajs)
     assert all(len(t.step_labels) == len(t.steps) for t in mc) and all(t.cost.rollouts > 0 for t in mc)

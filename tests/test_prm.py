@@ -85,14 +85,16 @@ def test_one_pass_equals_prefix_by_prefix(readout):
 def test_soft_labels_stay_soft():
     prm = tiny_prm()
     data = [traj(["a+1=6", "b*2=12", "Answer: 12"], [0.3, 0.8, 0.55])]
-    train_prm(prm, data, PRMTrainConfig(max_steps=200, batch_size=1, lr=1e-2, warmup_steps=0, logging_steps=50))
+    train_prm(prm, data, PRMTrainConfig(max_steps=200, batch_size=1, lr=1e-2, warmup_steps=0,
+                                       freeze_backbone=False, logging_steps=50))
     assert prm.score(data)[0] == pytest.approx([0.3, 0.8, 0.55], abs=0.05)  # int() truncation would give 0/1
 
 
 def test_hard_and_last_step_only_options():
     prm = tiny_prm()
     data = [traj(["a+1=6", "b*2=12", "Answer: 12"], [0.3, 0.8, 0.9])]
-    train_prm(prm, data, PRMTrainConfig(max_steps=150, batch_size=1, lr=1e-2, warmup_steps=0, hard=True,
+    train_prm(prm, data, PRMTrainConfig(max_steps=150, batch_size=1, lr=1e-2, warmup_steps=0,
+                                       freeze_backbone=False, hard=True,
                                         last_step_only=True))
     assert prm.score(data)[0][-1] > 0.9  # only the last label (hard 1.0) was trained
 
@@ -121,7 +123,8 @@ def test_pairwise_training_prefers_chosen_steps():
     prm = tiny_prm()
     pairs = [StepPair(prompt="5 a+1 b*2\na+1=6\n", chosen="b*2=12", rejected="b*2=13", problem_id="p",
                       step_index=1)]
-    train_prm(prm, pairs=pairs, cfg=PRMTrainConfig(max_steps=60, batch_size=1, lr=1e-2, warmup_steps=0))
+    train_prm(prm, pairs=pairs, cfg=PRMTrainConfig(max_steps=60, batch_size=1, lr=1e-2, warmup_steps=0,
+                                       freeze_backbone=False))
     good, bad = prm.score([traj(["a+1=6", "b*2=12"]), traj(["a+1=6", "b*2=13"])])
     assert good[-1] > bad[-1] + 0.2
 

@@ -5,7 +5,6 @@ import pytest
 
 from stepforge.schema import Trajectory
 from stepforge.train.rl import RLConfig, drift_warnings, hacking_monitors, train_rl
-from stepforge.worlds.arith.problems import ArithConfig
 
 
 def t(steps, answer, correct):
@@ -51,7 +50,7 @@ def test_rl_trains_only_the_chosen_parameters(tmp_path, world_policy):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = RLConfig(credit="outcome", steps=1, problems_per_step=4, samples_per_problem=4, max_new_tokens=64,
                    lr=1e-2, trainable=("norm",), temperature=0.7, baseline="rloo",
-                   world=ArithConfig(min_steps=2, max_steps=3))
+                   min_steps=2, max_steps=3)
     train_rl(model, world_policy.tokenizer, tmp_path, cfg)
     changed = {n for n, p in model.named_parameters() if not p.detach().equal(before[n])}
     assert changed and all("norm" in n for n in changed)
@@ -68,7 +67,7 @@ def test_rl_resumes_from_its_checkpoint(tmp_path, world_policy, credit):
 
     prm = ProcessRewardModel.from_pretrained(SHIPPED_PRM) if credit != "outcome" else None
     cfg = dict(credit=credit, problems_per_step=3, samples_per_problem=4, save_every=2, max_new_tokens=64,
-               world=ArithConfig(min_steps=2, max_steps=3), vr_share=0.5)
+               min_steps=2, max_steps=3, vr_share=0.5)
     tok = world_policy.tokenizer
     straight = train_rl(copy.deepcopy(world_policy.model), tok, tmp_path / "a", RLConfig(steps=4, **cfg), prm)
     train_rl(copy.deepcopy(world_policy.model), tok, tmp_path / "b", RLConfig(steps=2, **cfg), prm)
@@ -115,7 +114,7 @@ def test_online_implicit_prm_is_refit_and_resumed(tmp_path, world_policy):
 
     tok = world_policy.tokenizer
     cfg = dict(credit="min", problems_per_step=3, samples_per_problem=4, save_every=2, max_new_tokens=64,
-               world=ArithConfig(min_steps=2, max_steps=3), prm_online_steps=2)
+               min_steps=2, max_steps=3, prm_online_steps=2)
 
     def run(out, steps):
         prm = ImplicitPRM(copy.deepcopy(world_policy.model), tok)

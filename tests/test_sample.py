@@ -5,7 +5,8 @@ from stepforge.eval.sampling import sampling_report, step_error_rate
 from stepforge.sample import sample_to_file, to_trajectory, truth_labels
 from stepforge.schema import Problem, Trajectory, read_jsonl
 from stepforge.search.vote import majority_vote
-from stepforge.tasks import ARITH, GSM8K
+from stepforge.tasks import GSM8K
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import generate_problems
 
 PROBLEM = Problem(id="p", question="40 a-6 b*2", answer="68", meta={"ops": [["-", 6], ["*", 2]]})

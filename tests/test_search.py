@@ -6,7 +6,7 @@ from stepforge.search.base import SearchCost, score_unique, select, whole_sample
 from stepforge.search.beam import beam_search, dvts
 from stepforge.search.mcts import mcts
 from stepforge.search.runner import SearchRecord, run_search, summarize
-from stepforge.tasks import ARITH
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import ArithConfig, ArithProblem, generate_problems
 
 P = ArithProblem(start=10, ops=(("+", 1), ("+", 2), ("*", 2), ("-", 3)))

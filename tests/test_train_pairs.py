@@ -8,9 +8,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from stepforge.label.methods import problem_of
 from stepforge.schema import StepPair, Trajectory
 from stepforge.search.mcts import Node
-from stepforge.tasks import ARITH
 from stepforge.train.dpo import _completion_mean_logp, orpo_loss, train_dpo
 from stepforge.train.pairs import step_dpo_pairs, tree_pairs
+from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import ArithProblem, first_error
 from stepforge.worlds.arith.tokenizer import build_tokenizer
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from stepforge.tasks import Chat, Prompt
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -60,14 +62,16 @@ class BackendError(RuntimeError):
 
 @runtime_checkable
 class Policy(Protocol):
-    """Anything that continues text prompts."""
+    """Anything that continues prompts: plain text, or :class:`~stepforge.tasks.Chat` messages
+    (a final assistant message is continued)."""
 
     name: str
 
-    def generate(self, prompts: Sequence[str], *, n: int = 1, stop: Sequence[str] | None = None,
-                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | None = None
+    def generate(self, prompts: Sequence[Prompt], *, n: int = 1, stop: Sequence[str] | None = None,
+                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | Sequence[int] | None = None
                  ) -> GenerationResult:
-        """``n`` continuations of every prompt; temperature 0 means greedy."""
+        """``n`` continuations of every prompt; temperature 0 means greedy. ``seed``: one per
+        prompt (see :mod:`stepforge.seeds`), or an int from which they are derived."""
         ...
 
 
@@ -81,9 +85,9 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, str | None]
     return text[:best], which
 
 
-def validate_request(prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float) -> None:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, not one string")
+def validate_request(prompts: Sequence[Prompt], n: int, max_new_tokens: int, temperature: float) -> None:
+    if isinstance(prompts, (str, Chat)):
+        raise TypeError("prompts must be a sequence of prompts, not one prompt")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if max_new_tokens < 1:

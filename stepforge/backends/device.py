@@ -72,8 +72,8 @@ def check_model_dir(path: str | Path, what: str = "model") -> Path:
     return p
 
 
-def load_causal_lm(path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto",
-                   **kwargs):
+def load_causal_lm(path: str | Path, device: str | torch.device | None = "auto",
+                   dtype: str | torch.dtype | None = "auto", **kwargs):
     """A local causal LM and its tokenizer, placed on ``device`` in ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -9,6 +9,11 @@
 - Token counts: per choice when the server says (stepforge serve) or sends logprobs; else
   the request's ``usage.completion_tokens`` (what spec servers, vLLM included, send) is
   apportioned over its choices by text length.
+- Chat prompts (:class:`~stepforge.tasks.Chat`) go to ``/v1/chat/completions``, one per
+  request; a partial assistant answer is continued with vLLM's ``continue_final_message``
+  extension (stepforge serve honours it too). With ``tokenizer`` (a local dir holding the
+  served model's tokenizer) they are rendered here and sent to ``/v1/completions`` instead,
+  which works with any server.
 - Retries: the official client's (exponential backoff on connection errors, timeouts,
   408/409/429/5xx), plus ours for 200 replies that are truncated or not JSON.
 """
@@ -28,7 +33,9 @@ from stepforge.backends.base import (
     cut_at_stop,
     validate_request,
 )
+from stepforge.backends.chat import has_chat_template, render_prompts
 from stepforge.seeds import prompt_seeds
+from stepforge.tasks import Chat, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,8 @@ class OpenAIPolicy:
     ``max_retries`` apply to every request."""
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str = "EMPTY", timeout: float = 60.0,
-                 max_retries: int = 3, prompts_per_request: int = 16, concurrency: int = 8) -> None:
+                 max_retries: int = 3, prompts_per_request: int = 16, concurrency: int = 8,
+                 tokenizer: str | None = None) -> None:
         import openai
 
         if timeout <= 0 or max_retries < 0 or prompts_per_request < 1 or concurrency < 1:
@@ -58,6 +66,11 @@ class OpenAIPolicy:
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout,
                                     max_retries=max_retries)
         self.model = model or self._only_served_model()
+        self.tokenizer = None
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.name = f"openai:{self.base_url}:{self.model}"
 
     def _only_served_model(self) -> str:
@@ -67,7 +80,7 @@ class OpenAIPolicy:
         except self._openai.APIConnectionError as err:
             raise BackendError(f"{self.base_url}: server unreachable after {self.max_retries + 1} attempts "
                                f"({type(err).__name__}: {err})") from None
-        except Exception as err:  # noqa: BLE001 - any failure here means "could not ask"
+        except Exception as err:
             raise BackendError(f"{self.base_url}: no --model given and /v1/models could not be read "
                                f"({type(err).__name__}: {str(err)[:200]}); pass --model") from None
         if len(served) != 1:
@@ -75,12 +88,19 @@ class OpenAIPolicy:
                                f"({', '.join(served[:10])}); pass --model")
         return served[0]
 
-    def generate(self, prompts: Sequence[str], *, n: int = 1, stop: Sequence[str] | None = None,
+    @property
+    def has_chat_template(self) -> bool:
+        """Known only with a local tokenizer; chat is then opt-in (``--chat``)."""
+        return self.tokenizer is not None and has_chat_template(self.tokenizer)
+
+    def generate(self, prompts: Sequence[Prompt], *, n: int = 1, stop: Sequence[str] | None = None,
                  max_new_tokens: int = 256, temperature: float = 1.0, seed: int | Sequence[int] | None = None
                  ) -> GenerationResult:
         validate_request(prompts, n, max_new_tokens, temperature)
         seeds = prompt_seeds(seed, len(prompts))
-        if seeds is not None or self.list_prompts_ok is False:
+        if prompts and isinstance(prompts[0], Chat) and self.tokenizer is not None:
+            prompts, _ = render_prompts(self.tokenizer, prompts)
+        if (prompts and isinstance(prompts[0], Chat)) or seeds is not None or self.list_prompts_ok is False:
             chunks = [[p] for p in prompts]
         else:
             chunks = [list(prompts[i:i + self.prompts_per_request])
@@ -150,6 +170,12 @@ class OpenAIPolicy:
         oa = self._openai
         attempts = self.max_retries + 1
         try:
+            if isinstance(prompts[0], Chat):
+                chat = prompts[0]
+                extra = {"continue_final_message": True, "add_generation_prompt": False} if chat.continues else None
+                return self.client.chat.completions.create(
+                    model=self.model, messages=[dict(m) for m in chat.messages], n=n, max_tokens=max_new_tokens,
+                    temperature=temperature, stop=stop or None, seed=seed, extra_body=extra)
             return self.client.completions.create(
                 model=self.model, prompt=prompts if len(prompts) > 1 else prompts[0], n=n, max_tokens=max_new_tokens,
                 temperature=temperature, stop=stop or None, seed=seed)
@@ -183,7 +209,7 @@ class OpenAIPolicy:
             if not 0 <= i < len(prompts) or per_row[i] >= n:
                 raise BackendError(f"{self.base_url}: choice index {index} out of range for "
                                    f"{len(prompts)} prompts x n={n}")
-            text, hit = cut_at_stop(ch.text or "", stop)  # some servers return the stop string
+            text, hit = cut_at_stop(_choice_text(ch), stop)  # some servers return the stop string
             reason = "length" if ch.finish_reason == "length" else "stop"
             exact.append(_choice_tokens(ch))
             rows[i][per_row[i]] = Completion(text, 0, reason, hit or _stop_reason(ch, stop))
@@ -222,6 +248,13 @@ def _apportion(exact: list[int | None], lengths: list[int], total: int | None) -
     for i, k in zip(unknown, counts, strict=True):
         out[i] = k
     return out
+
+
+def _choice_text(choice) -> str:
+    message = getattr(choice, "message", None)  # chat completions
+    if message is not None:
+        return getattr(message, "content", None) or ""
+    return getattr(choice, "text", None) or ""
 
 
 def _stop_reason(choice, stop: list[str]) -> str | None:

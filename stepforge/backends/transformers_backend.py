@@ -23,8 +23,10 @@ from stepforge.backends.base import (
     cut_at_stop,
     validate_request,
 )
+from stepforge.backends.chat import has_chat_template, render_prompts
 from stepforge.backends.device import load_causal_lm, model_device
 from stepforge.seeds import prompt_seeds, sample_seed
+from stepforge.tasks import Prompt
 
 
 class SeededSampler(LogitsProcessor):
@@ -50,11 +52,12 @@ class TransformersPolicy:
     """A causal LM from transformers as a :class:`~stepforge.backends.base.Policy`.
 
     ``max_batch_rows`` bounds prompts × n per forward batch (memory); ``reuse_prefix=False``
-    re-encodes each prompt once per sample (the baseline of ``bench/prefix_reuse.py``).
+    re-encodes each prompt once per sample (the baseline of ``bench/prefix_reuse.py``);
+    ``max_context`` overrides the context length the model's config states.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer, *, max_batch_rows: int = 1024,
-                 reuse_prefix: bool = True, name: str | None = None) -> None:
+                 reuse_prefix: bool = True, name: str | None = None, max_context: int | None = None) -> None:
         if tokenizer.pad_token_id is None:  # many causal LMs ship without one; EOS is the usual stand-in
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
@@ -62,6 +65,7 @@ class TransformersPolicy:
         self.tokenizer = tokenizer
         self.max_batch_rows = max_batch_rows
         self.reuse_prefix = reuse_prefix
+        self._max_context = max_context
         self.name = name or f"transformers:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
 
     @classmethod
@@ -71,15 +75,20 @@ class TransformersPolicy:
         return cls(model, tokenizer, name=f"transformers:{path}", **kwargs)
 
     @property
+    def has_chat_template(self) -> bool:
+        return has_chat_template(self.tokenizer)
+
+    @property
     def max_context(self) -> int | None:
-        """The model's context length in tokens (``max_position_embeddings``), if it says."""
-        return getattr(self.model.config, "max_position_embeddings", None)
+        """Tokens a prompt plus its continuation may take: the ``max_context`` given, else the
+        model's ``max_position_embeddings`` (if it says); inputs are checked against it."""
+        return self._max_context or getattr(self.model.config, "max_position_embeddings", None)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts)).input_ids]
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], *, n: int = 1, stop: Sequence[str] | None = None,
+    def generate(self, prompts: Sequence[Prompt], *, n: int = 1, stop: Sequence[str] | None = None,
                  max_new_tokens: int = 256, temperature: float = 1.0, seed: int | Sequence[int] | None = None
                  ) -> GenerationResult:
         validate_request(prompts, n, max_new_tokens, temperature)
@@ -96,11 +105,12 @@ class TransformersPolicy:
             cost = cost + c
         return GenerationResult(completions, cost)
 
-    def _generate_chunk(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
+    def _generate_chunk(self, prompts: list, n: int, stop: list[str], max_new_tokens: int,
                         temperature: float, seeds: list[int]) -> tuple[list[list[Completion]], GenerationCost]:
         tok = self.tokenizer
         device = model_device(self.model)
-        enc = tok(prompts, return_tensors="pt", padding=True)
+        texts, rendered = render_prompts(tok, prompts)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not rendered)
         ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
         width = ids.shape[1]
         prompt_tokens = int(mask.sum())

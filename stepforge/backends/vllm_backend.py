@@ -16,10 +16,13 @@ from stepforge.backends.base import (
     cut_at_stop,
     validate_request,
 )
+from stepforge.backends.chat import has_chat_template, render_prompts
+from stepforge.seeds import prompt_seeds
+from stepforge.tasks import Prompt
 
 
 class VLLMPolicy:
-    def __init__(self, model: str, **llm_kwargs) -> None:
+    def __init__(self, model: str, device: str | None = None, dtype: str | None = None, **llm_kwargs) -> None:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as err:
@@ -27,16 +30,27 @@ class VLLMPolicy:
                                f"(import failed: {err})") from err
         self._sampling_params = SamplingParams
         llm_kwargs.setdefault("enable_prefix_caching", True)
+        if dtype and dtype != "auto":
+            llm_kwargs.setdefault("dtype", dtype)
+        if device and device not in ("auto", "cuda"):  # vLLM places itself; cuda:N = CUDA_VISIBLE_DEVICES
+            raise BackendError(f"the vllm backend runs on the GPUs CUDA_VISIBLE_DEVICES shows; got --device {device}")
         self.llm = LLM(model=model, **llm_kwargs)
         self.name = f"vllm:{model}"
 
-    def generate(self, prompts: Sequence[str], *, n: int = 1, stop: Sequence[str] | None = None,
-                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | None = None
+    @property
+    def has_chat_template(self) -> bool:
+        return has_chat_template(self.llm.get_tokenizer())
+
+    def generate(self, prompts: Sequence[Prompt], *, n: int = 1, stop: Sequence[str] | None = None,
+                 max_new_tokens: int = 256, temperature: float = 1.0, seed: int | Sequence[int] | None = None
                  ) -> GenerationResult:
         validate_request(prompts, n, max_new_tokens, temperature)
-        params = self._sampling_params(n=n, temperature=temperature, max_tokens=max_new_tokens,
-                                       stop=list(stop or []) or None, seed=seed)
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        texts, _ = render_prompts(self.llm.get_tokenizer(), prompts)
+        seeds = prompt_seeds(seed, len(texts))  # one SamplingParams per prompt: its own seed
+        params = [self._sampling_params(n=n, temperature=temperature, max_tokens=max_new_tokens,
+                                        stop=list(stop or []) or None, seed=None if seeds is None else seeds[i])
+                  for i in range(len(texts))]
+        outputs = self.llm.generate(texts, params, use_tqdm=False)
         rows, cost = [], GenerationCost()
         for out in outputs:
             row = []

@@ -10,6 +10,8 @@ from stepforge.label.methods import _labeled
 from stepforge.label.rollouts import Estimate
 from stepforge.sample import truth_labels
 from stepforge.schema import Trajectory
+from stepforge.seeds import derive_seed
+from stepforge.tasks import Chat
 
 JUDGE_PROMPT = """The following is a math problem and a solution split into numbered steps.
 Find the earliest step that contains an error. Reply with its index in \\boxed{{}},
@@ -50,12 +52,16 @@ def parse_judgement(reply: str, n_steps: int) -> int | str | None:
 
 
 def label_judge(trajectories: Sequence[Trajectory], judge: Policy, *, max_new_tokens: int = 64,
-                seed: int = 0) -> list[Trajectory]:
-    """One greedy judgement per trajectory, all in one backend call. An unparseable reply
-    leaves the labels unset (``meta.judge_unparseable``) instead of failing the batch."""
+                seed: int = 0, chat: bool = False) -> list[Trajectory]:
+    """One greedy judgement per trajectory, all in one backend call (``chat``: as a user turn
+    for instruct models). An unparseable reply leaves the labels unset
+    (``meta.judge_unparseable``) instead of failing the batch."""
     todo = [i for i, t in enumerate(trajectories) if t.steps]
-    result = judge.generate([judge_prompt(trajectories[i]) for i in todo], n=1, max_new_tokens=max_new_tokens,
-                            temperature=0.0, seed=seed)
+    prompts = [judge_prompt(trajectories[i]) for i in todo]
+    if chat:
+        prompts = [Chat(({"role": "user", "content": p},)) for p in prompts]
+    result = judge.generate(prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0,
+                            seed=[derive_seed(seed, trajectories[i].id, "judge") for i in todo])
     replies = {i: row[0] for i, row in zip(todo, result.completions, strict=True)}
     out = []
     for i, t in enumerate(trajectories):

@@ -14,16 +14,18 @@ from stepforge.label.rollouts import Estimate, Query, RolloutEstimator
 from stepforge.sample import truth_labels
 from stepforge.schema import Cost, LabelSource, Problem, Trajectory
 from stepforge.tasks import Task
-from stepforge.worlds.arith.problems import parse_question
 
 
 def problem_of(t: Trajectory, task: Task, problems: Mapping[str, Problem] | None) -> Problem:
     """The problem behind a trajectory: from ``problems`` by id, or rebuilt from the question
-    for the arithmetic world (whose answer follows from the question)."""
+    when the task can (worlds, whose answer follows from the question)."""
     if problems and t.problem_id in problems:
         return problems[t.problem_id]
-    if task.name == "arith":
-        return parse_question(t.question).to_problem(t.problem_id)
+    if task.recover_problem is not None:
+        try:
+            return task.recover_problem(t.problem_id, t.question)
+        except ValueError as err:
+            raise ValueError(f"trajectory {t.id!r}: {err}") from None
     raise ValueError(f"trajectory {t.id!r}: problem {t.problem_id!r} not found; pass the problems file "
                      "(--problems) so labels can check answers")
 

@@ -82,7 +82,7 @@ def search_tree(est: RolloutEstimator, cfg: OmegaConfig, id_prefix: str, existin
         results = binary_search(est, [(r.problem, full, len(r.state) + 1, len(full))
                                       for r, full in zip(chosen, fulls, strict=True)])
         for r, full, (first, spent, probes) in zip(chosen, fulls, results, strict=True):
-            answer = est.task.extract_answer(est.task.step_stop.join(full))
+            answer = est.task.answer_of(full)
             t = Trajectory(id=f"{r.problem.id}/{id_prefix}-{len(found)}", problem_id=r.problem.id,
                            question=r.problem.question, steps=list(full), final_answer=answer, correct=False,
                            meta={"omegaprm_state_steps": len(r.state)})

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from stepforge.backends.base import Policy
 from stepforge.schema import Problem
+from stepforge.seeds import derive_seed
 from stepforge.tasks import Task
 
 PrefixKey = tuple[str, tuple[str, ...]]
@@ -69,6 +70,7 @@ class RolloutEstimator:
         self.proven: set[PrefixKey] = set()  # prefixes with a known correct continuation
         self.rollouts: list[Rollout] = []  # with reuse: every rollout, for OmegaPRM's selection
         self.calls = 0
+        self.draws: dict[PrefixKey, int] = {}  # sampling rounds per prefix (fresh seeds on re-query)
 
     def observe(self, problem: Problem, steps: Sequence[str], correct: bool, start: int = 0) -> None:
         """Count a solution as one sample through each of its prefixes of length > ``start``
@@ -121,10 +123,14 @@ class RolloutEstimator:
                     fresh[key] = Estimate(0, 0, 0, 0)
                 continue
             qs = [queries[need[key][0]] for key in keys]
+            seeds = []
+            for key in keys:  # a prefix's rollouts are seeded by the prefix itself, not its batch
+                seeds.append(derive_seed(self.seed, "rollout", key, self.draws.get(key, 0)))
+                self.draws[key] = self.draws.get(key, 0) + 1
             result = self.policy.generate([self.task.prefix_prompt(q.problem, q.steps) for q in qs], n=missing,
                                           stop=list(self.task.solution_stop) or None,
                                           max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                          seed=self.seed * 100_003 + self.calls)
+                                          seed=seeds)
             self.calls += 1
             for key, q, row in zip(keys, qs, result.completions, strict=True):
                 correct = 0

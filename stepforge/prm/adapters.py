@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from stepforge.backends.causal_lm import pad_id, pad_right
+from stepforge.backends.device import check_model_dir, model_device, resolve_device, resolve_dtype
 from stepforge.schema import RecordError, Trajectory
 
 
@@ -43,11 +44,12 @@ def _batched(model, encoded: list[tuple[list[int], list[int]]], pad: int, read, 
              ) -> list[list[float]]:
     out: list[list[float]] = [[] for _ in encoded]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    device = model_device(model)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             ids, mask = pad_right([encoded[i][0] for i in idx], pad)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             for row, i in enumerate(idx):
                 out[i] = read(logits[row], encoded[i][1])
     return out
@@ -195,12 +197,23 @@ ADAPTERS = {"math-shepherd": MathShepherdPRM, "qwen": QwenMathPRM, "rlhflow": RL
             "token-classification": TokenClassificationPRM}
 
 
-def load_adapter(kind: str, path: str, **kwargs):
-    """Load a public PRM directory with the adapter for its format."""
+def load_adapter(kind: str, path: str, device: str = "auto", dtype: str = "auto", **kwargs):
+    """Load a public PRM directory with the adapter for its format, on ``device`` in ``dtype``.
+
+    A checkpoint whose weights do not cover the model the adapter needs (e.g. a causal LM
+    loaded as a 2-class token classifier) is an error: transformers would otherwise start
+    the missing head from random weights and score noise."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
     if kind not in ADAPTERS:
         raise ValueError(f"unknown PRM format {kind!r}; choose from {', '.join(ADAPTERS)}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    where = check_model_dir(path, "PRM")
+    dev = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(where)
     auto = AutoModelForTokenClassification if kind in ("qwen", "token-classification") else AutoModelForCausalLM
-    return ADAPTERS[kind](auto.from_pretrained(path), tokenizer, **kwargs)
+    model, info = auto.from_pretrained(where, dtype=resolve_dtype(dtype, dev), output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if "rotary" not in k]
+    if missing:
+        raise ValueError(f"{where}: not a {kind} PRM checkpoint for {auto.__name__}: {len(missing)} weights are "
+                         f"missing and would be random ({', '.join(sorted(missing)[:3])}...)")
+    return ADAPTERS[kind](model.to(dev), tokenizer, **kwargs)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
+from stepforge.backends.device import model_device
 from stepforge.prm.model import PRMConfig
 from stepforge.schema import RecordError, Trajectory
 
@@ -60,18 +61,20 @@ def step_logprob_sums(model: PreTrainedModel, tokenizer, trajectories: Sequence[
     Returns one tensor of shape (steps,) per trajectory (differentiable with ``grad``)."""
     encoded = [encode_for_logprobs(tokenizer, t, cfg) for t in trajectories]
     pad = pad_id(tokenizer)
+    device = model_device(model)
     out: list[torch.Tensor] = []
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     with ctx:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start:start + batch_size]
             ids, mask = pad_right([e.input_ids for e in chunk], pad)
+            ids, mask = ids.to(device), mask.to(device)
             lp = next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids)
             for row, e in enumerate(chunk):
-                steps = torch.tensor(e.step_of_token[1:])  # token i+1 is predicted at position i
+                steps = torch.tensor(e.step_of_token[1:], device=device)  # token i+1 is predicted at position i
                 n_steps = len(trajectories[start + row].steps)
                 valid = steps[: len(e.input_ids) - 1] >= 0
-                sums = torch.zeros(n_steps, dtype=lp.dtype).index_add(
+                sums = torch.zeros(n_steps, dtype=lp.dtype, device=device).index_add(
                     0, steps[: len(e.input_ids) - 1][valid], lp[row, : len(e.input_ids) - 1][valid])
                 out.append(sums)
     return out
@@ -96,7 +99,7 @@ class ImplicitPRM:
     def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
         """Same interface as ProcessRewardModel.score: σ(cumulative reward up to step t), i.e.
         the implicit value of each prefix (PRIME's Q-value view), in [0, 1]."""
-        return [torch.sigmoid(r.cumsum(0)).tolist() for r in self.step_rewards(trajectories)]
+        return [torch.sigmoid(r.cumsum(0)).float().cpu().tolist() for r in self.step_rewards(trajectories)]
 
     def train_on_outcomes(self, trajectories: Sequence[Trajectory], steps: int = 200, batch_size: int = 16,
                           lr: float = 1e-4, seed: int = 0, loss: str = "ce") -> list[float]:
@@ -120,7 +123,7 @@ class ImplicitPRM:
             if loss == "ce":
                 batch = [usable[rng.randrange(len(usable))] for _ in range(batch_size)]
                 totals = torch.stack([r.sum() for r in self.step_rewards(batch, grad=True)])
-                target = torch.tensor([float(t.correct) for t in batch])
+                target = torch.tensor([float(t.correct) for t in batch], device=totals.device)
                 value = F.binary_cross_entropy_with_logits(totals, target)
             else:
                 chosen = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]

@@ -23,6 +23,8 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from stepforge.backends.causal_lm import next_token_logprobs
+from stepforge.backends.device import check_model_dir, resolve_device, resolve_dtype
+from stepforge.guards import MAX_CHARS_PER_TOKEN
 from stepforge.schema import RecordError, Trajectory
 
 PRM_CONFIG = "stepforge_prm.json"
@@ -60,6 +62,10 @@ def encode_steps(tokenizer, question: str, steps: Sequence[str], cfg: PRMConfig,
     """Token ids of the formatted text and, per step, the token that ends it (by char offsets)."""
     if not steps:
         raise RecordError(f"{item or 'trajectory'}: no steps to score")
+    chars = len(question) + sum(len(s) + len(cfg.step_separator) for s in steps)
+    if chars > cfg.max_length * MAX_CHARS_PER_TOKEN:  # refuse before tokenizing megabytes
+        raise RecordError(f"{item or 'trajectory'}: {chars:,} characters cannot fit the PRM's max_length "
+                          f"{cfg.max_length} tokens; shorten it or raise max_length")
     text = question + cfg.question_separator
     spans, ends = [], []
     for s in steps:
@@ -105,10 +111,18 @@ class ProcessRewardModel(nn.Module):
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_backbone(cls, path: str | Path, config: PRMConfig | None = None) -> ProcessRewardModel:
+    def from_backbone(cls, path: str | Path, config: PRMConfig | None = None, device: str | torch.device = "auto",
+                      dtype: str | torch.dtype = "auto") -> ProcessRewardModel:
         """A fresh head on a pretrained backbone (e.g. the world policy's checkpoint dir)."""
         config = config or PRMConfig()
-        return cls(_load_backbone(path, config), AutoTokenizer.from_pretrained(path), config)
+        dev = resolve_device(device)
+        model = cls(_load_backbone(check_model_dir(path, "backbone"), config, resolve_dtype(dtype, dev)),
+                    AutoTokenizer.from_pretrained(path), config)
+        return model.to(dev)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, step_positions: torch.Tensor,
                 content_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,6 +133,7 @@ class ProcessRewardModel(nn.Module):
             logp = torch.cat([torch.zeros_like(logp[:, :1]), logp], 1)  # token i given < i
         else:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden.to(self.head.weight.dtype)  # a bf16/fp16 backbone feeds the fp32 head
         if self.config.readout == "prefix_min":
             token_logits = self.head(hidden).squeeze(-1)  # (batch, length)
             if self.config.token_logprob_feature:
@@ -143,9 +158,10 @@ class ProcessRewardModel(nn.Module):
         out: list[list[float]] = [[] for _ in encoded]
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            batch = collate([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+            batch = {k: v.to(self.device) for k, v in
+                     collate([encoded[i] for i in idx], self.tokenizer.pad_token_id).items()}
             probs = torch.sigmoid(self(batch["input_ids"], batch["attention_mask"], batch["step_positions"],
-                                       batch["content_mask"]))
+                                       batch["content_mask"])).float().cpu()
             for row, i in enumerate(idx):
                 out[i] = probs[row, :len(encoded[i].step_positions)].tolist()
         return out
@@ -161,24 +177,28 @@ class ProcessRewardModel(nn.Module):
         (path / PRM_CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> ProcessRewardModel:
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype = "auto") -> ProcessRewardModel:
         path = Path(path)
-        if not (path / PRM_CONFIG).exists():
+        if path.is_dir() and not (path / PRM_CONFIG).exists():
             raise FileNotFoundError(f"{path}: not a stepforge PRM (no {PRM_CONFIG}); train one with "
-                                    "`stepforge train-prm`")
+                                    "`stepforge train-prm`, or pass --format for a public PRM")
+        check_model_dir(path, "PRM")
         config = PRMConfig(**json.loads((path / PRM_CONFIG).read_text()))
-        model = cls(_load_backbone(path, config), AutoTokenizer.from_pretrained(path), config)
+        dev = resolve_device(device)
+        model = cls(_load_backbone(path, config, resolve_dtype(dtype, dev)), AutoTokenizer.from_pretrained(path),
+                    config)
         weights = load_file(str(path / PRM_HEAD))
         model.head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")})
         with torch.no_grad():
             model.logprob_scale.copy_(weights["logprob_scale"])
             model.logprob_shift.copy_(weights["logprob_shift"])
-        return model.eval()
+        return model.to(dev).eval()
 
 
-def _load_backbone(path: str | Path, config: PRMConfig) -> PreTrainedModel:
+def _load_backbone(path: str | Path, config: PRMConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     # the log-prob feature needs the backbone's LM head; otherwise the bare model is enough
-    return (AutoModelForCausalLM if config.token_logprob_feature else AutoModel).from_pretrained(path)
+    return (AutoModelForCausalLM if config.token_logprob_feature else AutoModel).from_pretrained(path, dtype=dtype)
 
 
 def collate(items: Sequence[EncodedTrajectory], pad_id: int, labels: Sequence[Sequence[float]] | None = None

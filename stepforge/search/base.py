@@ -128,9 +128,22 @@ def whole_sample_search(problems: Sequence[Problem], policy: Policy, scorer: Sco
         raise ValueError(f"{rule} needs a PRM (scorer)")
     groups, scores, cost = sample_and_score(problems, policy, scorer if rule in ("bon", "weighted") else None,
                                             task, n, seed, max_new_tokens, temperature)
-    share = split_cost(cost, len(problems))
+    return select_from_samples(problems, groups, scores, cost, task, n, rule, aggregation)
+
+
+def select_from_samples(problems: Sequence[Problem], groups: list[list[Trajectory]], scores: list[list[list[float]]],
+                        cost: SearchCost, task: Task, n: int, rule: str, aggregation: str = "min"
+                        ) -> list[SearchResult]:
+    """Apply a selection rule to the first ``n`` of each problem's samples (samples drawn once
+    at a larger N serve every smaller budget: paired comparisons, as search-and-learn does).
+    The compute charged is that of those n samples: their tokens, a share n/N of the rest."""
     out = []
-    for p, samples, sc in zip(problems, groups, scores, strict=True):
+    for p, all_samples, all_sc in zip(problems, groups, scores, strict=True):
+        samples, sc = all_samples[:n], all_sc[:n]
+        frac = n / max(1, len(all_samples)) / max(1, len(problems))
+        share = SearchCost(sum(t.cost.generated_tokens for t in samples), int(cost.prompt_tokens * frac),
+                           cost.policy_calls, cost.prm_calls if rule in ("bon", "weighted") else 0,
+                           len(samples) if rule in ("bon", "weighted") else 0, cost.wall_seconds * frac)
         answer, idx = select(p, samples, sc, task, rule, aggregation)
         steps = samples[idx].steps if idx is not None else []
         out.append(SearchResult(p.id, answer, task.is_correct(p, answer), steps, share,

@@ -19,6 +19,7 @@ from stepforge.backends.base import Policy
 from stepforge.schema import Problem, Trajectory
 from stepforge.search.base import Scorer, SearchCost, SearchResult, score_unique, split_cost
 from stepforge.search.vote import aggregate
+from stepforge.seeds import derive_seed
 from stepforge.tasks import Task
 
 
@@ -37,27 +38,28 @@ class _Group:
 
 
 def _expand(problems: Sequence[Problem], states: list[list[_Group]], policy: Policy, scorer: Scorer, task: Task,
-            widths: list[list[list[int]]], cost: SearchCost, seed: int, max_step_tokens: int
+            widths: list[list[list[int]]], cost: SearchCost, seed: int, max_step_tokens: int, temperature: float
             ) -> list[list[list[_Node]]]:
     """Candidates per (problem, group): every live beam expanded with its width, scored."""
-    prompts, owners = [], []
+    prompts, owners, seeds = [], [], []
     for pi, groups in enumerate(states):
         for gi, g in enumerate(groups):
             for bi, beam in enumerate(g.beams):
                 prompts.append(task.prefix_prompt(problems[pi], beam.steps))
                 owners.append((pi, gi, bi))
+                seeds.append(derive_seed(seed, problems[pi].id, "expand", gi, beam.steps))
     if not prompts:
         return [[[] for _ in groups] for groups in states]
     n = max(widths[pi][gi][bi] for pi, gi, bi in owners)
     result = policy.generate(prompts, n=n, stop=[task.step_stop, *task.solution_stop],
-                             max_new_tokens=max_step_tokens, temperature=1.0, seed=seed)
+                             max_new_tokens=max_step_tokens, temperature=temperature, seed=seeds)
     cost.add_generation(result.cost)
     cands: list[tuple[tuple[int, int], _Node]] = []
     for (pi, gi, bi), row in zip(owners, result.completions, strict=True):
         beam = states[pi][gi].beams[bi]
         for c in row[:widths[pi][gi][bi]]:
             step = c.text.strip()
-            finished = c.stop_reason != task.step_stop or (bool(step) and task.is_final_step(step))
+            finished = task.step_ends_solution(c.text, c.finish_reason)
             steps = (*beam.steps, step) if step else beam.steps
             cands.append(((pi, gi), _Node(steps, done=finished or not step)))
     scorable = [(pi, node) for (pi, _), node in cands if node.steps]
@@ -74,7 +76,7 @@ def _expand(problems: Sequence[Problem], states: list[list[_Group]], policy: Pol
 
 def tree_search(problems: Sequence[Problem], policy: Policy, scorer: Scorer, task: Task, n: int, *,
                 width: int = 4, subtrees: bool = False, seed: int = 0, aggregation: str = "last",
-                max_depth: int = 24, max_step_tokens: int = 64) -> list[SearchResult]:
+                max_depth: int = 24, max_step_tokens: int = 64, temperature: float = 1.0) -> list[SearchResult]:
     """Beam search (``subtrees=False``) or DVTS (``subtrees=True``) with budget ``n`` and width M."""
     if n < width or n % width:
         raise ValueError(f"the budget n={n} must be a positive multiple of the width M={width}")
@@ -89,7 +91,7 @@ def tree_search(problems: Sequence[Problem], policy: Policy, scorer: Scorer, tas
     depth = 0
     while depth < max_depth and any(g.beams for groups in states for g in groups):
         widths = [[[first if depth == 0 else width for _ in g.beams] for g in groups] for groups in states]
-        cands = _expand(problems, states, policy, scorer, task, widths, cost, seed * 1000 + depth, max_step_tokens)
+        cands = _expand(problems, states, policy, scorer, task, widths, cost, seed, max_step_tokens, temperature)
         for pi, groups in enumerate(states):
             for gi, g in enumerate(groups):
                 for node in cands[pi][gi]:
@@ -107,10 +109,10 @@ def tree_search(problems: Sequence[Problem], policy: Policy, scorer: Scorer, tas
     for p, pool in zip(problems, finals, strict=True):
         best = max(pool, key=lambda c: c.score, default=None)
         steps = list(best.steps) if best else []
-        answer = task.extract_answer(task.step_stop.join(steps)) if steps else None
+        answer = task.answer_of(steps)
         results.append(SearchResult(p.id, answer, task.is_correct(p, answer), steps, share,
                                     {"finals": len(pool), "depth": depth,
-                                     "final_answers": [task.extract_answer(task.step_stop.join(c.steps))
+                                     "final_answers": [task.answer_of(c.steps)
                                                        for c in sorted(pool, key=lambda c: -c.score)[:8]],
                                      "best_score": round(best.score, 4) if best else None}))
     return results

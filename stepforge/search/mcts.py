@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from stepforge.backends.base import Policy
 from stepforge.schema import Problem, Trajectory
 from stepforge.search.base import Scorer, SearchCost, SearchResult, score_unique, split_cost
+from stepforge.seeds import derive_seed
 from stepforge.tasks import Task
 
 
@@ -55,7 +56,7 @@ def backup(node: Node | None, value: float) -> None:
 
 def mcts(problems: Sequence[Problem], policy: Policy, scorer: Scorer, task: Task, n: int, *, children: int = 2,
          c_puct: float = 0.2, rollout: bool = False, seed: int = 0, max_step_tokens: int = 64,
-         max_new_tokens: int = 256) -> list[SearchResult]:
+         max_new_tokens: int = 256, temperature: float = 1.0) -> list[SearchResult]:
     """``n`` simulations per problem, each expanding one leaf into ``children`` next steps."""
     start = time.perf_counter()
     cost = SearchCost()
@@ -70,18 +71,19 @@ def mcts(problems: Sequence[Problem], policy: Policy, scorer: Scorer, task: Task
             continue
         result = policy.generate([task.prefix_prompt(problems[i], leaves[i].steps) for i in expand], n=children,
                                  stop=[task.step_stop, *task.solution_stop], max_new_tokens=max_step_tokens,
-                                 temperature=1.0, seed=seed * 100_003 + sim)
+                                 temperature=temperature,
+                                 seed=[derive_seed(seed, problems[i].id, "mcts", sim) for i in expand])
         cost.add_generation(result.cost)
         new: list[tuple[int, Node]] = []
         for i, row in zip(expand, result.completions, strict=True):
             leaf = leaves[i]
             for c in row:
                 step = c.text.strip()
-                done = c.stop_reason != task.step_stop or not step or task.is_final_step(step)
+                done = task.step_ends_solution(c.text, c.finish_reason)
                 child = Node((*leaf.steps, step) if step else leaf.steps, parent=leaf, terminal=done)
                 leaf.children.append(child)
                 new.append((i, child))
-        values = _values(problems, policy, scorer, task, new, cost, rollout, seed * 7 + sim, max_new_tokens)
+        values = _values(problems, policy, scorer, task, new, cost, rollout, seed, sim, max_new_tokens, temperature)
         for (_, child), v in zip(new, values, strict=True):
             child.value = v
         for i in expand:
@@ -97,7 +99,7 @@ def mcts(problems: Sequence[Problem], policy: Policy, scorer: Scorer, task: Task
     for p, root, best in zip(problems, roots, bests, strict=True):
         finals = [nd for nd in _walk(root) if nd.terminal and nd.steps]
         steps = list(best.steps) if best else completed.get(id(root), [])
-        answer = task.extract_answer(task.step_stop.join(steps)) if steps else None
+        answer = task.answer_of(steps)
         out.append(SearchResult(p.id, answer, task.is_correct(p, answer), steps, share,
                                 {"simulations": n, "tree_size": sum(1 for _ in _walk(root)), "terminals": len(finals),
                                  "best_value": round(best.value, 4) if best else None}))
@@ -123,7 +125,8 @@ def _complete_greedily(policy, task, pairs: list[tuple[Problem, Node]], cost: Se
             for (_, root), leaf, row in zip(pairs, leaves, res.completions, strict=True)}
 
 
-def _values(problems, policy, scorer, task, new, cost, rollout, seed, max_new_tokens) -> list[float]:
+def _values(problems, policy, scorer, task, new, cost, rollout, seed, sim, max_new_tokens, temperature
+            ) -> list[float]:
     """PRM value of each new node's prefix, or of one sampled completion from it."""
     if not new:
         return []
@@ -133,7 +136,9 @@ def _values(problems, policy, scorer, task, new, cost, rollout, seed, max_new_to
         if open_:
             res = policy.generate([task.prefix_prompt(problems[new[j][0]], new[j][1].steps) for j in open_], n=1,
                                   stop=list(task.solution_stop) or None, max_new_tokens=max_new_tokens,
-                                  temperature=1.0, seed=seed)
+                                  temperature=temperature,
+                                  seed=[derive_seed(seed, problems[new[j][0]].id, "mcts-rollout", sim, j)
+                                        for j in open_])
             cost.add_generation(res.cost)
             for j, row in zip(open_, res.completions, strict=True):
                 steps[j] = steps[j] + task.steps(row[0].text)

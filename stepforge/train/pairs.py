@@ -22,6 +22,7 @@ from stepforge.backends.base import Policy
 from stepforge.label.rollouts import Query, RolloutEstimator
 from stepforge.schema import Problem, StepPair, Trajectory
 from stepforge.search.mcts import Node
+from stepforge.seeds import derive_seed
 from stepforge.tasks import Task
 
 
@@ -31,7 +32,7 @@ def _completion(step: str, task: Task) -> str:
 
 def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Problem], policy: Policy, task: Task, *,
                    candidates: int = 8, k: int = 4, seed: int = 0, max_step_tokens: int = 64,
-                   max_new_tokens: int = 256, min_value: float = 0.5) -> list[StepPair]:
+                   max_new_tokens: int = 256, min_value: float = 0.5, temperature: float = 1.0) -> list[StepPair]:
     """One pair per labeled wrong trajectory for which a verified alternative step is found.
     All candidate steps come from one backend call, all verifications from one estimator call."""
     todo = [(t, p) for t, p in zip(trajectories, problems, strict=True)
@@ -40,7 +41,8 @@ def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Proble
         return []
     prompts = [task.prefix_prompt(p, t.steps[:t.first_error]) for t, p in todo]
     result = policy.generate(prompts, n=candidates, stop=[task.step_stop], max_new_tokens=max_step_tokens,
-                             temperature=1.0, seed=seed)
+                             temperature=temperature,
+                             seed=[derive_seed(seed, t.id, "pair-candidates") for t, _ in todo])
     options: list[list[str]] = []
     queries: list[Query] = []
     for (t, p), row in zip(todo, result.completions, strict=True):
@@ -48,7 +50,8 @@ def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Proble
         steps = sorted({c.text.strip() for c in row if c.text.strip() and c.text.strip() != bad})
         options.append(steps)
         queries += [Query(p, (*t.steps[:t.first_error], s)) for s in steps]
-    est = RolloutEstimator(policy, task, k, max_new_tokens=max_new_tokens, seed=seed + 1)
+    est = RolloutEstimator(policy, task, k, max_new_tokens=max_new_tokens, seed=derive_seed(seed, "pair-verify"),
+                           temperature=temperature)
     values = iter(est.estimate(queries))
     pairs = []
     for (t, p), prompt, steps in zip(todo, prompts, options, strict=True):

@@ -28,7 +28,7 @@ import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Trajectory
-from stepforge.tasks import ARITH, Task
+from stepforge.tasks import DEFAULT_WORLD, Task, get_world
 from stepforge.train.credit import (
     add_verifiable_reward,
     group_normalize,
@@ -47,7 +47,6 @@ from stepforge.train.credit import (
     rloo_step_advantages,
     sum_form_returns,
 )
-from stepforge.worlds.arith.problems import ArithConfig, generate_problems
 
 CREDITS = ("outcome", "sum", "min", "min_vr")
 
@@ -73,7 +72,9 @@ class RLConfig:
     temperature: float = 1.0  # sampling temperature; the ratio and KL use the same tempered policy
     save_every: int = 10
     seed: int = 0
-    world: ArithConfig = field(default_factory=lambda: ArithConfig(min_steps=6, max_steps=8))
+    world: str = DEFAULT_WORLD  # where training problems come from (a registered World)
+    min_steps: int = 6
+    max_steps: int = 8
 
     def __post_init__(self) -> None:
         if self.credit not in CREDITS:
@@ -186,12 +187,14 @@ def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float =
     return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits / temperature, ids)
 
 
-def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, task: Task = ARITH,
+def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, task: Task | None = None,
              on_step: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) RL; returns the metrics of every step, including resumed ones.
 
     ``model`` must be the initial policy: it is copied as the frozen KL reference before the
     checkpoint (if any) is loaded into it."""
+    world = get_world(cfg.world)
+    task = task or world.task
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.credit != "outcome" and scorer is None:
@@ -211,7 +214,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
     pad = pad_id(tokenizer)
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)
-        problems = generate_problems(cfg.problems_per_step, cfg.world, seed=cfg.seed * 100_000 + step, prefix="rl")
+        problems = world.generate(cfg.problems_per_step, seed=cfg.seed * 100_000 + step, prefix="rl",
+                                  min_steps=cfg.min_steps, max_steps=cfg.max_steps)
         model.eval()
         batch = next(sample_trajectories(policy, problems, task, n=cfg.samples_per_problem, seed=step,
                                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,

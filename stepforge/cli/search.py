@@ -1,0 +1,143 @@
+"""Search command: PRM-guided test-time search with its compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from stepforge.cli.common import (
+    Backend,
+    BaseUrl,
+    ChatFlag,
+    Device,
+    Dtype,
+    Model,
+    Overwrite,
+    PromptsPerRequest,
+    Retries,
+    Threads,
+    Timeout,
+    TokenizerDir,
+    comma_ints,
+    comma_list,
+    command,
+    console,
+    data_identity,
+    load_data,
+    make_cli_policy,
+    policy_identity,
+    progress,
+    quiet_hf,
+    resolve_task,
+)
+from stepforge.cli.prm import PRMFormat, load_scorer
+
+
+def search_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for c in ("method", "N", "accuracy", "95% CI", "gen tokens / problem", "PRM seqs / problem", "s / problem"):
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(r["method"], str(r["n"]), f"{r['accuracy']:.1%}", f"{r['ci_low']:.1%} – {r['ci_high']:.1%}",
+                      f"{r['generated_tokens']:,.0f}", f"{r['prm_sequences']:,.1f}", f"{r['wall_seconds']:.3f}")
+    return table
+
+
+def run_search_report(problems, policy, scorer, task, methods, budgets, out: Path, batch_problems: int,
+                      seed: int, title: str, identity: dict, overwrite: bool = False, cfg=None) -> list[dict]:
+    """Search into ``out`` (claimed by ``identity``; methods and budgets may be added on a
+    re-run), then write the summary and plot atomically."""
+    from stepforge.runs import atomic_write_json, claim_output
+    from stepforge.schema import read_jsonl
+    from stepforge.search.runner import SearchConfig, SearchRecord, plot, run_search, summarize
+
+    cfg = cfg or SearchConfig()
+    claim_output(out, {**identity, "search": cfg.__dict__}, overwrite=overwrite)
+    results = out / "results.jsonl"
+    total = len(methods) * len(budgets) * len(problems)
+    with progress() as bar:
+        t = bar.add_task("searching", total=total, rate="")
+
+        def on_batch(batch, records) -> None:
+            m, n, _ = batch.items[0]
+            bar.update(t, advance=len(records), rate=f"{m} N={n}")
+
+        stats = run_search(problems, policy, scorer, task, methods, budgets, results, batch_problems=batch_problems,
+                           seed=seed, on_batch=on_batch, cfg=cfg)
+        bar.update(t, completed=total)
+    if stats.batches_skipped:
+        console.print(f"resumed {results}: {stats.batches_skipped} batches were already done")
+    wanted = {(m, n) for m in methods for n in budgets}
+    rows = [r for r in summarize(read_jsonl(results, SearchRecord)) if (r["method"], r["n"]) in wanted]
+    atomic_write_json(out / "summary.json", rows)
+    png = plot(rows, out / "accuracy_vs_compute.png", title)
+    console.print(search_table(rows, title))
+    console.print(f"wrote [bold]{results}[/bold], [bold]{out / 'summary.json'}[/bold] and [bold]{png}[/bold]")
+    return rows
+
+
+@command()
+def search(
+    data: Annotated[str, typer.Option(help="'world', 'gsm8k:<split>', 'math500', or a JSONL/Parquet/dataset "
+                                           "path")] = "world",
+    prm: Annotated[Path | None, typer.Option(help="PRM directory (default for a world: its shipped PRM)")] = None,
+    prm_format: PRMFormat = "stepforge",
+    methods: Annotated[str, typer.Option(
+        help="comma list of greedy, majority, bon, bon_mean, weighted, oracle, beam, dvts, mcts")]
+    = "majority,bon,beam",
+    budgets: Annotated[str, typer.Option(help="comma list of N")] = "16",
+    compare: Annotated[bool, typer.Option(help="all methods over N = 1, 2, 4, ..., 64")] = False,
+    backend: Backend = "world",
+    model: Model = None,
+    base_url: BaseUrl = None,
+    task: Annotated[str | None, typer.Option(help="arith | gsm8k | math (default: from --data)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="number of problems")] = 100,
+    min_steps: Annotated[int, typer.Option(min=1, help="world problems: fewest steps")] = 6,
+    max_steps: Annotated[int, typer.Option(min=1, help="world problems: most steps")] = 8,
+    temperature: Annotated[float | None, typer.Option(min=0.001, help="sampling temperature (default: "
+                                                                      "SearchConfig's)")] = None,
+    width: Annotated[int | None, typer.Option(min=1, help="beam/DVTS width M")] = None,
+    aggregation: Annotated[str | None, typer.Option(help="bon/weighted: min | last | prod | mean")] = None,
+    out: Path = Path("runs/search"),
+    batch_problems: Annotated[int, typer.Option(min=1)] = 64,
+    chat: ChatFlag = None,
+    seed: int = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    timeout: Timeout = 60.0,
+    retries: Retries = 3,
+    prompts_per_request: PromptsPerRequest = 16,
+    tokenizer: TokenizerDir = None,
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """PRM-guided test-time search; every result carries its compute. Re-running resumes."""
+    from dataclasses import replace
+
+    from stepforge.runs import fingerprint
+    from stepforge.search.runner import SearchConfig
+    from stepforge.tasks import world_of
+
+    quiet_hf(threads)
+    method_list = comma_list(methods)
+    budget_list = comma_ints(budgets, "--budgets")
+    if compare:
+        method_list = ["greedy", "majority", "bon", "weighted", "beam", "dvts", "mcts", "oracle"]
+        budget_list = [1, 2, 4, 8, 16, 32, 64]
+    given = {"temperature": temperature, "width": width, "aggregation": aggregation}
+    cfg = replace(SearchConfig(), **{k: v for k, v in given.items() if v is not None})
+    items = load_data(data, limit, seed, min_steps=min_steps, max_steps=max_steps, prefix="search", seed_offset=20_000)
+    policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer)
+    chosen = resolve_task(task, data, chat, policy)
+    world = world_of(chosen)
+    prm_dir = prm or (world.prm_dir if world is not None else None)
+    scorer = load_scorer(prm_dir, prm_format, device, dtype) if prm_dir is not None else None
+    identity = {"command": "search", "data": data_identity(data), "limit": limit, "min_steps": min_steps,
+                "max_steps": max_steps, "task": chosen.name, "chat": chosen.chat,
+                **policy_identity(backend, model, base_url), "prm": fingerprint(prm_dir), "prm_format": prm_format,
+                "seed": seed}
+    run_search_report(items, policy, scorer, chosen, method_list, budget_list, out, batch_problems, seed,
+                      f"{chosen.name}: {len(items)} problems", identity, overwrite, cfg)

@@ -1,0 +1,188 @@
+"""Policy-training commands: pairs, train-dpo, rl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stepforge.cli.common import (
+    Backend,
+    BaseUrl,
+    Device,
+    Dtype,
+    Model,
+    Overwrite,
+    Threads,
+    comma_list,
+    command,
+    console,
+    make_cli_policy,
+    problems_index,
+    progress,
+    publish_dir,
+    quiet_hf,
+    refuse_existing,
+)
+
+
+def _policy_dir(policy: str | None) -> str:
+    from stepforge.tasks import get_world
+
+    return policy or str(get_world().policy_dir(None))
+
+
+@command()
+def pairs(
+    input: Annotated[Path, typer.Option("--input", "-i", help="labeled trajectories (first_error set)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="step pairs (JSONL, TRL DPO columns)")],
+    candidates: Annotated[int, typer.Option(min=1, help="alternative steps sampled per first error")] = 8,
+    k: Annotated[int, typer.Option(min=1, help="rollouts verifying each alternative")] = 4,
+    min_value: Annotated[float, typer.Option(min=0.0, max=1.0, help="least MC value of a chosen step")] = 0.5,
+    temperature: Annotated[float, typer.Option(min=0.001)] = 1.0,
+    task: str = "arith",
+    problems: Annotated[str | None, typer.Option(help="problems with answers (e.g. gsm8k:test)")] = None,
+    backend: Backend = "world",
+    model: Model = None,
+    base_url: BaseUrl = None,
+    seed: int = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """Step-DPO pairs: rejected = the first wrong step, chosen = a rollout-verified alternative."""
+    from stepforge.label.methods import problem_of
+    from stepforge.runs import atomic_write_text
+    from stepforge.schema import Trajectory, read_records
+    from stepforge.tasks import get_task
+    from stepforge.train.pairs import step_dpo_pairs
+
+    quiet_hf(threads)
+    chosen_task = get_task(task)
+    data = [t for t in read_records(input, Trajectory, unique_ids=True) if t.first_error is not None]
+    if not data:
+        raise ValueError(f"{input}: no trajectory has a first error (label it first: `stepforge label`)")
+    refuse_existing(out, overwrite)
+    index = problems_index(problems)
+    result = step_dpo_pairs(data, [problem_of(t, chosen_task, index) for t in data],
+                            make_cli_policy(backend, model, base_url, device, dtype), chosen_task,
+                            candidates=candidates, k=k, seed=seed, min_value=min_value, temperature=temperature)
+    atomic_write_text(out, "".join(p.model_dump_json() + "\n" for p in result))
+    console.print(f"{len(result)} pairs from {len(data)} trajectories with a first error; wrote [bold]{out}[/bold]")
+
+
+@command("train-dpo")
+def train_dpo_cmd(
+    pairs_file: Annotated[Path, typer.Option("--pairs", help="step pairs (JSONL)")],
+    out: Annotated[Path, typer.Option(help="output policy directory")],
+    policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
+    orpo: Annotated[bool, typer.Option(help="ORPO instead of DPO (no reference model)")] = False,
+    beta: Annotated[float, typer.Option(min=0.0, help="DPO β (large: stops pushing once a step is preferred)")] = 0.5,
+    lr: Annotated[float, typer.Option(min=0.0, help="constant learning rate; small policies need it small")] = 3e-6,
+    epochs: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    sft_weight: Annotated[float, typer.Option(min=0.0, help="DPO: weight of an NLL term on the chosen step")] = 0.0,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 (default for training) | bfloat16 | float16 | auto")]
+    = "float32",
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """Train a policy on step pairs with TRL's DPOTrainer (or ORPO) and save it."""
+    from stepforge.backends.device import load_causal_lm
+    from stepforge.schema import StepPair, read_records
+    from stepforge.train.dpo import train_dpo, train_orpo
+
+    quiet_hf(threads)
+    refuse_existing(out, overwrite)
+    data = read_records(pairs_file, StepPair)
+    model, tok = load_causal_lm(_policy_dir(policy), device, dtype)
+    if orpo:
+        train_orpo(model, tok, data, lr=lr, steps=max(1, int(epochs * len(data) / batch_size)), batch_size=batch_size)
+    else:
+        train_dpo(model, tok, data, beta=beta, lr=lr, epochs=epochs, sft_weight=sft_weight, batch_size=batch_size)
+
+    def save(where: Path) -> None:
+        model.save_pretrained(where)
+        tok.save_pretrained(where)
+
+    publish_dir(save, out, overwrite=True)
+    console.print(f"trained on {len(data)} pairs; saved to [bold]{out}[/bold] (use it with --backend transformers "
+                  f"--model {out})")
+
+
+@command()
+def rl(
+    out: Annotated[Path, typer.Option(help="run directory (metrics.jsonl, checkpoint.pt); re-run resumes")],
+    credit: Annotated[str, typer.Option(help="outcome | sum | min | min_vr")] = "min",
+    steps: Annotated[int | None, typer.Option(min=1, help="RL steps (default: RLConfig's)")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Adam learning rate (default: RLConfig's, which suits "
+                                                           "--trainable norm)")] = None,
+    trainable: Annotated[str | None, typer.Option(help="train only parameters whose names contain one of these "
+                                                       "comma-separated parts ('' = all; then use lr ~1e-6)")] = None,
+    kl_coef: Annotated[float | None, typer.Option(min=0.0)] = None,
+    problems_per_step: Annotated[int | None, typer.Option(min=1)] = None,
+    samples_per_problem: Annotated[int | None, typer.Option(min=2)] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.001, help="sampling temperature of the RL policy")]
+    = None,
+    gamma: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="sum-form discount")] = None,
+    baseline: Annotated[str | None, typer.Option(help="grpo (group mean/std) | rloo (leave-one-out mean)")] = None,
+    prm: Annotated[str | None, typer.Option(help="PRM directory (default: the world's shipped PRM), or 'implicit': "
+                                                 "an implicit PRM started from the policy (PRIME)")] = None,
+    prm_online_steps: Annotated[int, typer.Option(min=0, help="implicit PRM: refit steps on each batch's "
+                                                              "outcomes")] = 0,
+    policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
+    seed: int = 0,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """RL on the built-in world with step-level credit assignment and hacking monitors.
+    Defaults come from ``RLConfig``; a re-run with the same settings resumes (``--steps`` may
+    grow), a different one is refused unless ``--overwrite``."""
+    from dataclasses import asdict, replace
+
+    from stepforge.backends.device import load_causal_lm
+    from stepforge.prm.implicit import ImplicitPRM
+    from stepforge.prm.model import ProcessRewardModel
+    from stepforge.runs import claim_output, fingerprint
+    from stepforge.tasks import get_world
+    from stepforge.train.rl import RLConfig, train_rl
+
+    quiet_hf(threads)
+    given = {"steps": steps, "lr": lr, "kl_coef": kl_coef, "problems_per_step": problems_per_step,
+             "samples_per_problem": samples_per_problem, "temperature": temperature, "gamma": gamma,
+             "baseline": baseline, "trainable": None if trainable is None else tuple(comma_list(trainable))}
+    cfg = replace(RLConfig(credit=credit, seed=seed, prm_online_steps=prm_online_steps),
+                  **{k: v for k, v in given.items() if v is not None})
+    where = _policy_dir(policy)
+    world = get_world(cfg.world)
+    prm_where = None if credit == "outcome" or prm == "implicit" else (prm or world.prm_dir)
+    identity = {"command": "rl", **{k: v for k, v in asdict(cfg).items() if k != "steps"},
+                "policy": fingerprint(where), "prm": "implicit" if prm == "implicit" else fingerprint(prm_where)}
+    claim_output(out, identity, overwrite=overwrite)
+    model, tok = load_causal_lm(where, device, "float32")
+    if credit == "outcome":
+        scorer = None
+    elif prm == "implicit":
+        scorer = ImplicitPRM(load_causal_lm(where, device, "float32")[0], tok)
+    else:
+        scorer = ProcessRewardModel.from_pretrained(prm_where, device=device)
+    with progress() as bar:
+        t = bar.add_task(f"RL ({credit})", total=cfg.steps, rate="")
+
+        def on_step(row) -> None:
+            bar.update(t, completed=row["step"], rate=f"acc {row['accuracy']:.2f} len {row['mean_tokens']:.0f}")
+            for w in row["warnings"]:
+                console.print(f"[yellow]step {row['step']}: {w}[/yellow]")
+
+        train_rl(model, tok, out, cfg, scorer, on_step=on_step)
+
+    def save(where_to: Path) -> None:
+        model.save_pretrained(where_to)
+        tok.save_pretrained(where_to)
+
+    publish_dir(save, out / "policy", overwrite=True)
+    console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; policy in [bold]{out / 'policy'}[/bold]")

@@ -1,0 +1,68 @@
+"""The arithmetic world's Task and World, registered with :mod:`stepforge.tasks`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stepforge.schema import Problem
+from stepforge.tasks import Task, World, register_world
+from stepforge.worlds.arith import problems as arith
+
+
+def _first_error(problem: Problem, steps: list[str]) -> int | None:
+    return arith.first_error(problem.question, steps)
+
+
+def _recover(problem_id: str, question: str) -> Problem:
+    return arith.parse_question(question).to_problem(problem_id)
+
+
+ARITH = Task(
+    name="arith",
+    build_prompt=lambda p: p.question + "\n",
+    extract_answer=arith.extract_answer,
+    answer_mode="exact",
+    first_error=_first_error,
+    truth_is_exact=True,
+    is_final_step=lambda step: step.startswith(arith.ANSWER_PREFIX),
+    recover_problem=_recover,
+)
+
+
+def generate(n: int, seed: int = 0, prefix: str = "arith", min_steps: int | None = None,
+             max_steps: int | None = None) -> list[Problem]:
+    base = arith.ArithConfig()
+    lo = min_steps if min_steps is not None else base.min_steps
+    hi = max_steps if max_steps is not None else max(base.max_steps, lo)
+    return arith.generate_problems(n, arith.ArithConfig(min_steps=lo, max_steps=hi), seed=seed, prefix=prefix)
+
+
+def _policy_dir(path: str | Path | None = None) -> Path | None:
+    from stepforge.worlds.arith.policy import resolve_policy_dir
+
+    return resolve_policy_dir(path)
+
+
+def _load_policy(path: str | Path | None = None):
+    from stepforge.worlds.arith.policy import load_policy
+
+    return load_policy(path)
+
+
+def _cache_dir() -> Path:
+    from stepforge.worlds.arith.policy import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None) -> Path:
+    from stepforge.worlds.arith.policy import PolicyTrainConfig, train_policy
+
+    return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads), progress=progress)
+
+
+ARITH_WORLD = register_world(World(
+    name="arith", task=ARITH, generate=generate, policy_dir=_policy_dir, load_policy=_load_policy,
+    train_policy=_train_policy, cache_dir=lambda: _cache_dir(), prm_dir=Path(__file__).parent / "prm",
+    defaults={"min_steps": 4, "max_steps": 6, "search_min_steps": 6, "search_max_steps": 8},
+))
