@@ -1,6 +1,9 @@
-"""Step checker for arithmetic written in text: GSM8K ``<<expr=value>>`` calculator annotations
-and plain ``a op b = c`` equations.
+"""Step checker for arithmetic written in text: GSM8K ``<<expr=value>>`` calculator annotations,
+plain ``a op b = c`` equations and chains ``a = b = c``, in plain text or LaTeX (``\times``,
+``\cdot``, ``\div``, ``\frac{a}{b}``, ``$…$``).
 
+Equations are found by a linear scan outward from each ``=`` (no backtracking regex: a long
+sum costs time proportional to its length), each side bounded to ``MAX_SIDE_CHARS``.
 Expressions are parsed with :mod:`ast` and evaluated over numbers, + − × ÷, unary minus and
 parentheses only; anything else (names, calls, powers) is rejected, never ``eval``-ed.
 """
@@ -17,15 +20,23 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}  # GSM8K annotations are Python: 560//10
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
-# An arithmetic expression (at least one operator) '=' a number, e.g. "48/2 = 24" or "3 x 4 = 12".
-_EQUATION = re.compile(
-    r"(?<![\w.])((?:[-(]\s*)*\$?\d[\d,]*(?:\.\d+)?\)*(?:\s*[-+*/x×÷]\s*\(*\s*\$?\d[\d,]*(?:\.\d+)?\s*\)*)+)"
-    r"\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)"
-)
+MAX_SIDE_CHARS = 2000  # longer sides are not judged (and never parsed, which bounds ast's recursion too)
+_SIDE_CHARS = frozenset("0123456789.,$ \t()+-*/")
+_LATEX_OPS = ((r"\times", "*"), (r"\cdot", "*"), (r"\div", "/"), (r"\left", ""), (r"\right", ""),
+              (r"\!", ""), (r"\,", ""))
+_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_TIMES_X = re.compile(r"(?<=[\d)])[ \t]*x[ \t]*(?=[\d(])")  # "3 x 4", "3x4": x between numbers
+_HAS_OPERATOR = re.compile(r"[\d)][ \t]*[-+*/][ \t]*[-\d($.]")
 
 
 def _normalise(text: str) -> str:
-    return text.replace("×", "*").replace("÷", "/").replace("−", "-").replace("–", "-")
+    text = text.replace("×", "*").replace("÷", "/").replace("−", "-").replace("–", "-")
+    if "\\" in text:
+        for latex, op in _LATEX_OPS:
+            text = text.replace(latex, op)
+        text = _FRAC.sub(r"((\1)/(\2))", text)
+        text = text.replace("{", "(").replace("}", ")")
+    return _TIMES_X.sub("*", text.replace("$", " "))
 
 
 class UnsafeExpression(ValueError):
@@ -34,13 +45,16 @@ class UnsafeExpression(ValueError):
 
 def safe_eval(expr: str) -> float:
     """Value of an arithmetic expression: numbers, + - * / // % (also × ÷ x), parentheses, unary ±."""
-    cleaned = _normalise(expr).replace("$", "").replace(",", "")
-    cleaned = re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", cleaned)
+    cleaned = _normalise(expr).replace(",", "")
+    if len(cleaned) > MAX_SIDE_CHARS:
+        raise UnsafeExpression(f"expression longer than {MAX_SIDE_CHARS} characters")
     try:
         tree = ast.parse(cleaned.strip(), mode="eval")
-    except SyntaxError:
-        raise UnsafeExpression(f"not an arithmetic expression: {expr!r}") from None
-    return _eval(tree.body, expr)
+        return _eval(tree.body, expr)
+    except (SyntaxError, RecursionError, MemoryError):
+        raise UnsafeExpression(f"not an arithmetic expression: {expr[:80]!r}") from None
+    except OverflowError:
+        raise UnsafeExpression(f"overflows: {expr[:80]!r}") from None
 
 
 def _eval(node: ast.AST, expr: str) -> float:
@@ -63,7 +77,8 @@ def values_agree(computed: float, written: float) -> bool:
         return True
     text = repr(written)
     decimals = len(text.split(".")[1]) if "." in text and not text.endswith(".0") else 0
-    return abs(computed - written) <= 0.5 * 10 ** (-decimals) + 1e-9
+    # rounded or truncated to its own decimals: 10/3 = 3.33, 1547/3 = 515.66
+    return abs(computed - written) < 10 ** (-decimals) and decimals > 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class EquationCheck:
     written: str
     computed: float | None
     ok: bool
+    written_value: float | None = None
 
 
 def _parse_number(text: str) -> float | None:
@@ -83,41 +99,74 @@ def _parse_number(text: str) -> float | None:
 
 def check_equations(step: str) -> list[EquationCheck]:
     """Every checkable equation in ``step``: calculator annotations first, then plain equations
-    outside them (GSM8K writes most equations both ways; each is checked once).
+    and chains outside them (GSM8K writes most equations both ways; each is checked once).
 
     Annotations are strict: one that does not parse counts as wrong. Plain text is ambiguous,
-    so a plain equation is skipped (not judged) when its left side may continue further left
-    ("60 students x 2/3 = 40", mixed numbers "3 1/2 - 2"), its right side continues
-    ("= 1/4", "= 5A/5"), or it does not parse ("27(1/3)=9").
+    so a link ``left = right`` of a chain is judged only when the left side has an operator, both
+    sides parse, the left side cannot continue further left ("60 students x 2/3 = 40") and the
+    right side does not run on into text ("= 5A/5", "= 50%"); mixed numbers ("3 1/2 - 2") and
+    "27(1/3)" do not parse, so they are skipped too.
     """
     checks: dict[tuple[str, str], EquationCheck] = {}
     for expr, value in _ANNOTATION.findall(step):
         checks.setdefault(_key(expr, value), _check(expr, value))
     plain = _normalise(_ANNOTATION.sub(" ", step))
-    for m in _EQUATION.finditer(plain):
-        if _ambiguous(plain, m):
-            continue
-        check = _check(m.group(1), m.group(2))
-        if check.computed is not None:
-            checks.setdefault(_key(m.group(1), m.group(2)), check)
+    for left, right in _plain_links(plain):
+        if not _HAS_OPERATOR.search(left):
+            continue  # "20% of $20 = 0.20 * 20": a bare number on the left is part of a phrase
+        check = _check(left, right)
+        if check.computed is not None and check.written_value is not None:
+            checks.setdefault(_key(left, right), check)
     return list(checks.values())
+
+
+def _plain_links(text: str) -> list[tuple[str, str]]:
+    """(left, right) sides of every '=' whose sides are arithmetic, found by scanning outward
+    from each '=' over arithmetic characters only: linear in the length of the text."""
+    eqs = [i for i, c in enumerate(text) if c == "="]
+    links = []
+    for k, pos in enumerate(eqs):
+        lo = eqs[k - 1] + 1 if k else 0
+        hi = eqs[k + 1] if k + 1 < len(eqs) else len(text)
+        a = pos
+        while a > lo and text[a - 1] in _SIDE_CHARS:
+            a -= 1
+        b = pos + 1
+        while b < hi and text[b] in _SIDE_CHARS:
+            b += 1
+        if pos - a > MAX_SIDE_CHARS or b - pos > MAX_SIDE_CHARS:
+            continue  # too long to judge
+        # the left side starts at a number, "(" or a minus sign; the right side ends at one
+        raw_left = text[a:pos]
+        start = a + len(raw_left) - len(raw_left.lstrip(" \t,.)+*/"))
+        raw_right = text[pos + 1:b]
+        end = pos + 1 + len(raw_right.rstrip(" \t,.+-*/("))
+        left, right = text[start:pos].strip(), text[pos + 1:end].strip()
+        before, after = text[:start].rstrip(), text[end:]
+        if not left or not right:
+            continue
+        if before and (before[-1] in "0123456789+-*/().^|" or re.search(r"(?:^|\s)x$", before)):
+            continue  # the left side may continue further left
+        if left[0] == "-" and before and before[-1].isalnum():
+            continue  # "D - 8 = 60 - 8": a minus after a name is not a sign
+        glued = text[start - 1:start]
+        if glued and (glued.isalnum() or glued in "_^|!\\"):
+            continue  # "r_3^2 - 10r_3 + 25", "\\sqrt(25/4)": glued to a name, a power or a function
+        if left[0] == "(" and before[-1:].isalpha():
+            continue  # "\\log_x (1/100)", "f (3)": the argument of a function
+        if re.match(r"[A-Za-z%^_!|]|[ \t]*[-+*/(]", after):
+            continue  # the right side runs on ("= 5A/5", "= 50%", "= 30 + rt", "0.0011_2")
+        links.append((left, right))
+    return links
 
 
 def _key(expr: str, value: str) -> tuple[str, str]:
     return re.sub(r"\s+", "", expr), value.strip()
 
 
-def _ambiguous(text: str, m: re.Match[str]) -> bool:
-    before = text[:m.start()].rstrip()
-    after = text[m.end():]
-    if before and (before[-1] in "0123456789+-*/×÷().^" or re.search(r"(?:^|\s)x$", before)):
-        return True
-    return bool(re.match(r"\s*[-+\d/*×÷^(%]|[A-Za-z]|\s+x\s", after))
-
-
 def _check(expr: str, value: str) -> EquationCheck:
     written = _parse_number(value)
-    if written is None:  # annotations may write the value as an expression: <<3/4=3/4>>
+    if written is None:  # the value may be an expression: <<3/4=3/4>>, or a chain "= 3 * 7 = 21"
         try:
             written = safe_eval(value)
         except UnsafeExpression:
@@ -125,9 +174,14 @@ def _check(expr: str, value: str) -> EquationCheck:
     try:
         computed = safe_eval(expr)
     except UnsafeExpression:
-        return EquationCheck(expr.strip(), value.strip(), None, False)
-    ok = written is not None and values_agree(computed, written)
-    return EquationCheck(expr.strip(), value.strip(), computed, ok)
+        return EquationCheck(expr.strip(), value.strip(), None, False, written)
+    ok = written is not None and (values_agree(computed, written) or _quotient(expr, computed, written))
+    return EquationCheck(expr.strip(), value.strip(), computed, ok, written)
+
+
+def _quotient(expr: str, computed: float, written: float) -> bool:
+    """"62 / 8 = 7" (remainder 6): a division written as its whole quotient."""
+    return "/" in expr and written == int(written) and math.floor(computed + 1e-9) == written
 
 
 def step_is_arithmetically_valid(step: str) -> bool | None:
