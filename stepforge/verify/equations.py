@@ -1,4 +1,4 @@
-"""Step checker for arithmetic written in text: GSM8K ``<<expr=value>>`` calculator annotations,
+r"""Step checker for arithmetic written in text: GSM8K ``<<expr=value>>`` calculator annotations,
 plain ``a op b = c`` equations and chains ``a = b = c``, in plain text or LaTeX (``\times``,
 ``\cdot``, ``\div``, ``\frac{a}{b}``, ``$…$``).
 
