@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stepforge.backends.base import Completion, GenerationCost, Policy
@@ -16,10 +16,12 @@ from stepforge.tasks import Chat, Task
 
 @dataclass
 class SampleBatch:
-    """Trajectories of one batch of problems (``n`` each, in problem order) and their cost."""
+    """Trajectories of one batch of problems (``n`` each, in problem order), their cost, and the
+    completions they were read from (same order)."""
 
     trajectories: list[Trajectory]
     cost: GenerationCost
+    completions: list[Completion] = field(default_factory=list)
 
 
 def to_trajectory(problem: Problem, completion: Completion, task: Task, trajectory_id: str,
@@ -90,7 +92,7 @@ def sample_trajectories(policy: Policy, problems: Sequence[Problem], task: Task,
             to_trajectory(p, c, task, f"{p.id}/{id_suffix}{j}", {"temperature": temperature})
             for p, row in zip(chunk, result.completions, strict=True) for j, c in enumerate(row)
         ]
-        yield SampleBatch(trajectories, result.cost)
+        yield SampleBatch(trajectories, result.cost, [c for row in result.completions for c in row])
 
 
 def sample_to_file(policy: Policy, problems: Sequence[Problem], task: Task, path: str | Path, *, n: int,

@@ -122,7 +122,7 @@ def test_losses_by_hand():
 def test_pairwise_training_prefers_chosen_steps():
     prm = tiny_prm()
     pairs = [StepPair(prompt="5 a+1 b*2\na+1=6\n", chosen="b*2=12", rejected="b*2=13", problem_id="p",
-                      step_index=1)]
+                      step_index=1, meta={"question": "5 a+1 b*2", "prefix": ["a+1=6"]})]
     train_prm(prm, pairs=pairs, cfg=PRMTrainConfig(max_steps=60, batch_size=1, lr=1e-2, warmup_steps=0,
                                        freeze_backbone=False))
     good, bad = prm.score([traj(["a+1=6", "b*2=12"]), traj(["a+1=6", "b*2=13"])])

@@ -18,12 +18,16 @@ FinishReason = Literal["stop", "length"]
 @dataclass
 class Completion:
     """One continuation. ``text`` excludes the stop string; ``stop_reason`` is the stop string
-    that ended it (None when it ended at EOS or at the token limit)."""
+    that ended it when the backend says (None otherwise: decide from the text, see
+    :meth:`~stepforge.tasks.Task.step_ends_solution`); ``token_ids`` are the generated ids
+    (EOS included when generated) where the backend has them, for training on exactly what
+    was sampled."""
 
     text: str
     tokens: int
     finish_reason: FinishReason
     stop_reason: str | None = None
+    token_ids: list[int] | None = None
 
 
 @dataclass

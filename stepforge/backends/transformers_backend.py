@@ -167,4 +167,4 @@ class TransformersPolicy:
         text, stop_reason = cut_at_stop(tok.decode(token_ids, skip_special_tokens=True), stop)
         done = ended_at_eos or stop_reason is not None or len(token_ids) < max_new_tokens
         return Completion(text=text, tokens=len(token_ids), finish_reason="stop" if done else "length",
-                          stop_reason=stop_reason)
+                          stop_reason=stop_reason, token_ids=token_ids)

@@ -16,11 +16,11 @@ conversation once, which gives the same scores under a causal model.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 
 import torch
 
+from stepforge.alignment import layout_steps, tokens_at_chars
 from stepforge.backends.causal_lm import pad_id, pad_right
 from stepforge.backends.device import check_model_dir, model_device, resolve_device, resolve_dtype
 from stepforge.schema import RecordError, Trajectory
@@ -30,14 +30,7 @@ def char_positions(tokenizer, text: str, chars: Sequence[int], add_special_token
                    ) -> tuple[list[int], list[int]]:
     """Token ids of ``text`` and, for each char index, the token holding it."""
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-    starts = [a if b > a else -1 for a, b in enc["offset_mapping"]]
-    positions = []
-    for c in chars:
-        j = bisect.bisect_right(starts, c) - 1
-        while j > 0 and starts[j] == -1:
-            j -= 1
-        positions.append(j)
-    return enc["input_ids"], positions
+    return enc["input_ids"], tokens_at_chars(enc["offset_mapping"], chars)
 
 
 def _batched(model, encoded: list[tuple[list[int], list[int]]], pad: int, read, batch_size: int = 32
@@ -180,11 +173,8 @@ class TokenClassificationPRM:
 
     def encode(self, t: Trajectory) -> tuple[list[int], list[int]]:
         _need_steps(t)
-        text, marks = t.question, []
-        for s in t.steps:
-            text += s + self.separator
-            marks.append(len(text) - 1)
-        return char_positions(self.tokenizer, text, marks)
+        layout = layout_steps(t.question, t.steps, "", self.separator)
+        return char_positions(self.tokenizer, layout.text, layout.ends)
 
     def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
         def read(logits, positions):

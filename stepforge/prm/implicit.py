@@ -12,7 +12,6 @@ in; separator tokens to none).
 
 from __future__ import annotations
 
-import bisect
 import copy
 import random
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from stepforge.alignment import layout_steps, token_steps
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.device import model_device
 from stepforge.prm.model import PRMConfig
@@ -37,21 +37,12 @@ class StepTokens:
 def encode_for_logprobs(tokenizer, t: Trajectory, cfg: PRMConfig) -> StepTokens:
     if not t.steps:
         raise RecordError(f"trajectory {t.id!r}: no steps")
-    text = t.question + cfg.question_separator
-    bounds, ends = [], []
-    for s in t.steps:
-        bounds.append(len(text))
-        ends.append(len(text) + len(s))
-        text += s + cfg.step_separator
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    layout = layout_steps(t.question, t.steps, cfg.question_separator, cfg.step_separator)
+    enc = tokenizer(layout.text, return_offsets_mapping=True, add_special_tokens=True)
     if len(enc["input_ids"]) > cfg.max_length:
         raise RecordError(f"trajectory {t.id!r}: {len(enc['input_ids'])} tokens exceed max_length {cfg.max_length}")
-    step_of = []
-    for a, b in enc["offset_mapping"]:
-        k = bisect.bisect_right(bounds, a) - 1
-        # separators belong to no step: the one after the answer is text the policy never writes
-        step_of.append(k if b > a and k >= 0 and a < ends[k] else -1)
-    return StepTokens(enc["input_ids"], step_of)
+    # separators belong to no step: the one after the answer is text the policy never writes
+    return StepTokens(enc["input_ids"], token_steps(enc["offset_mapping"], layout.spans))
 
 
 def step_logprob_sums(model: PreTrainedModel, tokenizer, trajectories: Sequence[Trajectory], cfg: PRMConfig,

@@ -11,7 +11,6 @@ Saved as an ordinary HF model dir (backbone + tokenizer via ``save_pretrained``)
 
 from __future__ import annotations
 
-import bisect
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from stepforge.alignment import layout_steps, token_steps, tokens_at_chars
 from stepforge.backends.causal_lm import next_token_logprobs
 from stepforge.backends.device import check_model_dir, resolve_device, resolve_dtype
 from stepforge.guards import MAX_CHARS_PER_TOKEN
@@ -66,29 +66,14 @@ def encode_steps(tokenizer, question: str, steps: Sequence[str], cfg: PRMConfig,
     if chars > cfg.max_length * MAX_CHARS_PER_TOKEN:  # refuse before tokenizing megabytes
         raise RecordError(f"{item or 'trajectory'}: {chars:,} characters cannot fit the PRM's max_length "
                           f"{cfg.max_length} tokens; shorten it or raise max_length")
-    text = question + cfg.question_separator
-    spans, ends = [], []
-    for s in steps:
-        spans.append((len(text), len(text) + len(s)))
-        text += s + cfg.step_separator
-        ends.append(len(text) - 1)  # the separator's last character
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    layout = layout_steps(question, steps, cfg.question_separator, cfg.step_separator)
+    enc = tokenizer(layout.text, return_offsets_mapping=True, add_special_tokens=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     if len(ids) > cfg.max_length:
         raise RecordError(f"{item or 'trajectory'}: {len(ids)} tokens exceed the PRM's max_length "
                           f"{cfg.max_length}; shorten it or raise max_length")
-    starts = [s if e > s else -1 for s, e in offsets]  # special tokens have empty spans
-    positions = []
-    for c in ends:
-        j = bisect.bisect_right(starts, c) - 1  # last token starting at or before c
-        while j > 0 and starts[j] == -1:
-            j -= 1
-        positions.append(j)
-    k, content = 0, []
-    for a, b in offsets:
-        while k < len(spans) and a >= spans[k][1]:
-            k += 1
-        content.append(int(b > a and k < len(spans) and spans[k][0] <= a < spans[k][1]))
+    positions = tokens_at_chars(offsets, layout.ends)  # the token holding each separator's last char
+    content = [int(k >= 0) for k in token_steps(offsets, layout.spans)]
     return EncodedTrajectory(ids, positions, content)
 
 

@@ -77,16 +77,20 @@ class _StepDataset(torch.utils.data.Dataset):
 
 class _PairDataset(torch.utils.data.Dataset):
     def __init__(self, model: ProcessRewardModel, pairs: Sequence[StepPair]) -> None:
-        # prompt = question + earlier steps (one a line); the candidate step is scored last
+        # the question and earlier steps come from the pair's source (meta.question, meta.prefix,
+        # as stepforge's pair builders record them), never from splitting the prompt text back:
+        # a prompt may hold a few-shot block or a chat template; the candidate step is scored last
         self.rows = []
         for i, p in enumerate(pairs):
-            question, *prev = p.prompt.split(model.config.question_separator)
-            prev = [s for s in prev if s]
             item = f"pair {i} ({p.problem_id}, step {p.step_index})"
+            question, prev = p.meta.get("question"), p.meta.get("prefix")
+            if not isinstance(question, str) or not isinstance(prev, list):
+                raise RecordError(f"{item}: pairwise PRM training needs meta.question and meta.prefix (the steps "
+                                  "before the pair), as `stepforge pairs` records them")
             self.rows.append((model.encode(Trajectory(id=item, problem_id=p.problem_id, question=question,
-                                                      steps=[*prev, p.chosen])),
+                                                      steps=[*prev, p.chosen.strip()])),
                               model.encode(Trajectory(id=item, problem_id=p.problem_id, question=question,
-                                                      steps=[*prev, p.rejected]))))
+                                                      steps=[*prev, p.rejected.strip()]))))
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -58,17 +58,28 @@ def add_verifiable_reward(rewards: torch.Tensor, outcome: float, weight: float =
     return out
 
 
+def step_values_to_tokens(step_values: torch.Tensor, token_steps: Sequence[int]) -> torch.Tensor:
+    """Per-token values: a token of step t gets step_values[t]; a token of no step (index −1:
+    separators, prompt) gets 0, so no gradient flows through it (PURE #20: unmasked
+    separators let the policy collapse to empty outputs). The one credit spreader: the RL
+    loop and the verl plug-in both use it."""
+    index = torch.as_tensor(list(token_steps), dtype=torch.long)
+    if step_values.numel() == 0:
+        return torch.zeros(len(index), dtype=step_values.dtype)
+    values = step_values[index.clamp(min=0, max=step_values.numel() - 1)]
+    return values.masked_fill(index < 0, 0.0)
+
+
 def step_returns_to_tokens(step_values: torch.Tensor, spans: Sequence[tuple[int, int]], length: int,
                            separator_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token values: each token of step t gets step_values[t]; tokens outside every step
-    and step-separator tokens get 0, so no gradient flows through them (PURE #20: unmasked
-    separators let the policy collapse to empty outputs)."""
-    out = torch.zeros(length, dtype=step_values.dtype)
-    for value, (start, end) in zip(step_values, spans, strict=True):
-        out[start:end] = value
+    """:func:`step_values_to_tokens` from token spans [start, end) per step; ``separator_mask``
+    marks tokens inside a span that separate steps (they get 0 too)."""
+    owner = [-1] * length
+    for t, (start, end) in enumerate(spans):
+        owner[start:end] = [t] * (end - start)
     if separator_mask is not None:
-        out = out.masked_fill(separator_mask, 0.0)
-    return out
+        owner = [-1 if bool(m) else k for k, m in zip(owner, separator_mask, strict=True)]
+    return step_values_to_tokens(step_values, owner)
 
 
 def group_normalize(values: torch.Tensor, groups: torch.Tensor, std: bool = True, eps: float = 1e-6) -> torch.Tensor:

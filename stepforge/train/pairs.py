@@ -35,6 +35,8 @@ def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Proble
                    max_new_tokens: int = 256, min_value: float = 0.5, temperature: float = 1.0) -> list[StepPair]:
     """One pair per labeled wrong trajectory for which a verified alternative step is found.
     All candidate steps come from one backend call, all verifications from one estimator call."""
+    if task.chat:
+        raise ValueError("Step-DPO pairs hold plain-text prompts: build them without --chat")
     todo = [(t, p) for t, p in zip(trajectories, problems, strict=True)
             if t.first_error is not None and t.first_error < len(t.steps)]
     if not todo:
@@ -61,7 +63,9 @@ def step_dpo_pairs(trajectories: Sequence[Trajectory], problems: Sequence[Proble
             continue  # no verified alternative: no pair rather than a wrong "chosen"
         pairs.append(StepPair(prompt=prompt, chosen=_completion(best[1], task),
                               rejected=_completion(t.steps[t.first_error], task), problem_id=p.id,
-                              step_index=t.first_error, meta={"chosen_mc": round(best[0], 4), "trajectory": t.id}))
+                              step_index=t.first_error,
+                              meta={"chosen_mc": round(best[0], 4), "trajectory": t.id, "question": p.question,
+                                    "prefix": list(t.steps[:t.first_error])}))
     return pairs
 
 
@@ -83,5 +87,7 @@ def tree_pairs(problem: Problem, root: Node, task: Task, min_gap: float = 0.2) -
                                   chosen=_completion(hi.steps[-1], task),
                                   rejected=_completion(lo.steps[-1], task), problem_id=problem.id,
                                   step_index=len(node.steps), meta={"q_chosen": round(hi.q, 4),
+                                                                    "question": problem.question,
+                                                                    "prefix": list(node.steps),
                                                                     "q_rejected": round(lo.q, 4), "source": "tree"}))
     return pairs

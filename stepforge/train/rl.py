@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from stepforge.alignment import generated_offsets, locate_steps, token_steps
+from stepforge.backends.base import Completion
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.sample import sample_trajectories
@@ -45,6 +47,7 @@ from stepforge.train.credit import (
     min_form_returns,
     rloo_advantages,
     rloo_step_advantages,
+    step_values_to_tokens,
     sum_form_returns,
 )
 
@@ -122,22 +125,19 @@ def drift_warnings(first: dict[str, float], now: dict[str, float]) -> list[str]:
     return warnings
 
 
-def _token_layout(tokenizer, prompt: str, completion: str, steps: Sequence[str]) -> tuple[list[int], int, list[int]]:
-    """Token ids of prompt + completion, where the completion starts, and for each completion
-    token its step index (−1 for separators), by character offsets."""
-    enc = tokenizer(prompt + completion, return_offsets_mapping=True)
-    starts = [a for a, _ in enc["offset_mapping"]]
-    first = next((i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= len(prompt)), len(starts))
-    spans, cursor = [], len(prompt)
-    for s in steps:
-        at = (prompt + completion).find(s, cursor)
-        spans.append((at, at + len(s)))
-        cursor = at + len(s)
-    step_of = []
-    for a, b in enc["offset_mapping"][first:]:
-        k = next((i for i, (x, y) in enumerate(spans) if x <= a < y), -1) if b > a else -1
-        step_of.append(k)
-    return enc["input_ids"], first, step_of
+def _token_rows(tokenizer, prompt_ids: list[int], completion: Completion, steps: Sequence[str]
+                ) -> tuple[list[int], list[int]]:
+    """The ids the policy saw and sampled (prompt + generated ids, EOS only if it was generated)
+    and, per generated token, its step index (−1: separators), by character offsets of the
+    decoded tokens. A final EOS belongs to the last step: stopping is that step's decision."""
+    gen = completion.token_ids
+    if gen is None:  # a backend that returns no ids: the closest we can do is re-encode its text
+        gen = tokenizer(completion.text, add_special_tokens=False).input_ids
+    text = tokenizer.decode(gen, skip_special_tokens=True)
+    step_of = token_steps(generated_offsets(tokenizer, gen), locate_steps(text, steps))
+    if gen and steps and gen[-1] == tokenizer.eos_token_id:
+        step_of[-1] = len(steps) - 1
+    return [*prompt_ids, *gen], step_of
 
 
 def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLConfig, rng: random.Random
@@ -228,17 +228,17 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         scores = scorer.score([t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []})
                                for t in trajs]) if scorer is not None else None
         adv_steps = _advantages(trajs, groups, scores, cfg, rng)
-        prompts = [task.build_prompt(p) for p in problems for _ in range(cfg.samples_per_problem)]
+        prompt_ids = [tokenizer(task.build_prompt(p)).input_ids for p in problems]
         rows = []
-        for t, prompt, adv in zip(trajs, prompts, adv_steps, strict=True):
-            completion = task.step_stop.join(t.steps)
-            ids, first, step_of = _token_layout(tokenizer, prompt, completion, t.steps)
-            ids = [*ids, tokenizer.eos_token_id]
-            step_of = [*step_of, len(t.steps) - 1 if t.steps else -1]  # EOS belongs to the last step
-            tok_adv = [float(adv[min(k, len(adv) - 1)]) if k >= 0 else 0.0 for k in step_of]
-            if cfg.credit == "outcome":
-                tok_adv = [float(adv[0])] * len(step_of)  # outcome credit: every token, separators too
-            rows.append((ids, first, tok_adv, [k >= 0 or cfg.credit == "outcome" for k in step_of]))
+        for i, (t, completion, adv) in enumerate(zip(trajs, batch.completions, adv_steps, strict=True)):
+            first = len(prompt_ids[i // cfg.samples_per_problem])
+            ids, step_of = _token_rows(tokenizer, prompt_ids[i // cfg.samples_per_problem], completion, t.steps)
+            if cfg.credit == "outcome":  # outcome credit: every token, separators too
+                tok_adv, used = [float(adv[0])] * len(step_of), [True] * len(step_of)
+            else:  # step credit: each token its step's advantage; separators none (PURE #20)
+                tok_adv = step_values_to_tokens(adv, step_of).tolist()
+                used = [k >= 0 for k in step_of]
+            rows.append((ids, first, tok_adv, used))
         ids, attn = pad_right([r[0] for r in rows], pad)
         width = ids.shape[1]
         adv = torch.zeros(len(rows), width - 1)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from stepforge.train.credit import group_normalize, min_form_returns, sum_form_returns
+from stepforge.train.credit import group_normalize, min_form_returns, step_returns_to_tokens, sum_form_returns
 
 ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "stepforge_min": min_form_returns,
@@ -48,17 +48,15 @@ def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: tor
             row_spans.append((start, e + 1))
             start = e + 1
         spans.append(row_spans)
-        for t, (a, b) in enumerate(row_spans):
-            returns[i, a:b] = g[t]
+        returns[i] = step_returns_to_tokens(g, row_spans, returns.shape[1])
         step_values.append(g)
         owners.append(torch.full((len(g),), _group_id(index[i])))
     norm = group_normalize(torch.cat(step_values), torch.cat(owners), std=norm_by_std, eps=epsilon)
     advantages = torch.zeros_like(returns)
     k = 0
     for i, row_spans in enumerate(spans):
-        for a, b in row_spans:
-            advantages[i, a:b] = norm[k]
-            k += 1
+        advantages[i] = step_returns_to_tokens(norm[k:k + len(row_spans)].float(), row_spans, returns.shape[1])
+        k += len(row_spans)
     mask = response_mask.to(returns.dtype)
     return advantages * mask, returns * mask
 
