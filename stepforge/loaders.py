@@ -113,10 +113,15 @@ def load_problems(source: str, fields: Mapping[str, str] | None = None, id_prefi
 
     ``fields`` maps our names (``question``, ``answer``, optionally ``id``) to the source's,
     e.g. ``{"question": "problem", "answer": "solution"}``. ``source`` may also be
-    ``gsm8k:<split>`` for the shipped GSM8K copy.
+    ``gsm8k:<split>`` for the shared GSM8K copy or ``math500`` for MATH-500 (``problem`` /
+    ``answer`` / ``unique_id``).
     """
     if source.startswith("gsm8k:"):
         return load_gsm8k(source.split(":", 1)[1], limit=limit)
+    if source in ("math500", "math500:test"):
+        return load_problems(str(find_data_file("math500/test.jsonl")),
+                             {"question": "problem", "answer": "answer", "id": "unique_id", **(fields or {})},
+                             id_prefix="math500", limit=limit)
     fields = {"question": "question", "answer": "answer", **(fields or {})}
     path = Path(source)
     prefix = id_prefix or path.stem

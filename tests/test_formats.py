@@ -24,11 +24,11 @@ PRM800K = {
 }
 
 
-def test_processbench_from_shared_data():
+def test_processbench_from_the_fixture():
     trajs = formats.import_file(find_data_file("processbench/gsm8k.json"), "processbench")
-    assert len(trajs) == 400
+    assert len(trajs) == 30
     wrong = [t for t in trajs if t.first_error is not None]
-    assert 0 < len(wrong) < 400
+    assert 0 < len(wrong) < 30
     t = wrong[0]
     assert t.step_labels[t.first_error] == 0.0 and all(v == 1.0 for v in t.step_labels[:t.first_error])
     assert formats.to_processbench(t)["label"] == t.first_error
@@ -81,7 +81,7 @@ def test_cli_convert(tmp_path):
     result = CliRunner().invoke(app, ["convert", str(find_data_file("processbench/math.json")), "--from",
                                       "processbench", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert len(read_jsonl(out, Trajectory)) == 1000
+    assert len(read_jsonl(out, Trajectory)) == 30
     trl = tmp_path / "trl.jsonl"
     result = CliRunner().invoke(app, ["convert", str(out), "--from", "trl", "-o", str(trl)])
     assert result.exit_code == 2 and "missing field" in result.output

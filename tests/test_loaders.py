@@ -7,9 +7,9 @@ from stepforge.schema import RecordError
 from stepforge.verify.equations import step_is_arithmetically_valid
 
 
-def test_gsm8k_test_split_from_shared_data():
+def test_gsm8k_test_split_from_the_fixture():
     problems = load_gsm8k("test")
-    assert len(problems) == 1319
+    assert len(problems) == 40  # tests/data/gsm8k: the first 40 of the 1,319
     first = problems[0]
     assert first.answer == "18" and first.id == "gsm8k-test-0"
     assert first.meta["reference_steps"][0] == "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day."
@@ -22,8 +22,8 @@ def test_equation_checker_on_real_gsm8k_references():
     steps = [s for p in load_gsm8k("test") for s in p.meta["reference_steps"]]
     verdicts = [step_is_arithmetically_valid(s) for s in steps]
     checked = [v for v in verdicts if v is not None]
-    assert len(checked) > 4000
-    assert sum(not v for v in checked) <= 5  # reference steps are right up to a few typos in the data
+    assert len(checked) > 100
+    assert sum(not v for v in checked) <= 1  # reference steps are right up to a few typos in the data
     assert not step_is_arithmetically_valid("So, Suzzane has $32 - $20 = $300 left.")  # one of those typos
 
 

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from stepforge.backends.base import Policy
+from stepforge.tasks import Chat
 
 
 class ModelNotFound(LookupError):
@@ -47,13 +48,14 @@ class CompletionsHandler(BaseHTTPRequestHandler):
             self.error(404, f"no route {self.path}")
 
     def do_POST(self) -> None:
-        if self.path.rstrip("/") != "/v1/completions":
+        route = self.path.rstrip("/")
+        if route not in ("/v1/completions", "/v1/chat/completions"):
             self.error(404, f"no route {self.path}")
             return
         try:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
-            reply = self.server.complete(body)
+            reply = self.server.complete(body) if route == "/v1/completions" else self.server.chat(body)
         except ModelNotFound as err:
             self.send_json(404, {"error": {"message": str(err), "type": "invalid_request_error",
                                            "code": "model_not_found"}})
@@ -80,10 +82,41 @@ class PolicyServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def complete(self, body: dict) -> dict:
+    def _check_model(self, body: dict) -> None:
         model = body.get("model")
         if model is not None and model != self.model_name:
             raise ModelNotFound(f"The model {model!r} does not exist; this server serves {self.model_name!r}")
+
+    def chat(self, body: dict) -> dict:
+        """``/v1/chat/completions``; with ``continue_final_message`` (vLLM's extension) a final
+        assistant message is continued, and the choices hold only the continuation."""
+        self._check_model(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+        chat = Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages))
+        if chat.continues and not body.get("continue_final_message"):
+            raise ValueError("the last message is the assistant's: set continue_final_message to continue it")
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else (stop or [])
+        n = int(body.get("n", 1))
+        seed = body.get("seed")
+        with self._lock:
+            result = self.policy.generate([chat], n=n, stop=stop, max_new_tokens=int(body.get("max_tokens", 16)),
+                                          temperature=float(body.get("temperature", 1.0)),
+                                          seed=None if seed is None else [int(seed)])
+        choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+                    "stop_reason": c.stop_reason, "completion_tokens": c.tokens}
+                   for j, c in enumerate(result.completions[0])]
+        usage = {"prompt_tokens": result.cost.prompt_tokens, "completion_tokens": result.cost.generated_tokens,
+                 "total_tokens": result.cost.prompt_tokens + result.cost.generated_tokens}
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name, "choices": choices, "usage": usage}
+
+    def complete(self, body: dict) -> dict:
+        self._check_model(body)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts) or not prompts:
