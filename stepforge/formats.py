@@ -98,7 +98,11 @@ def from_prm800k(row: dict, where: str, neutral: float = 1.0) -> Trajectory:
         if step.get("human_completion") and chosen is None and not completions:
             c = step["human_completion"]
         elif completions:
-            c = completions[chosen if isinstance(chosen, int) else 0]
+            pick = chosen if isinstance(chosen, int) else 0
+            if not 0 <= pick < len(completions):
+                raise RecordError(f"{where}: step {k} chosen_completion {pick} is not one of its "
+                                  f"{len(completions)} completions")
+            c = completions[pick]
         else:
             raise RecordError(f"{where}: step {k} has no completion")
         rating = c.get("rating")
@@ -210,7 +214,7 @@ def import_file(path: str | Path, fmt: str) -> list[Trajectory]:
         try:
             got = _READERS[fmt](row, where)
             out.extend(got if isinstance(got, list) else [got])
-        except (KeyError, TypeError, AttributeError, ValueError) as err:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
             if isinstance(err, RecordError):
                 raise
             raise RecordError(f"{where}: not a {fmt} record ({type(err).__name__}: {err})") from None

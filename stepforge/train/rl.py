@@ -60,7 +60,7 @@ class RLConfig:
     steps: int = 60
     problems_per_step: int = 16
     samples_per_problem: int = 8
-    lr: float = 2e-5
+    lr: float = 1e-2  # suits trainable=("norm",); full-parameter runs need ~1e-6
     clip: float = 0.2
     kl_coef: float = 0.05
     ppo_epochs: int = 2
@@ -68,7 +68,7 @@ class RLConfig:
     gamma: float = 1.0  # sum-form discount
     # train only parameters whose names contain one of these (empty: all); the others are left
     # with requires_grad=False
-    trainable: tuple[str, ...] = ()
+    trainable: tuple[str, ...] = ("norm",)  # the world policy improved only this way (README)
     baseline: str = "grpo"  # grpo: (x − group mean) / group std; rloo: x − mean of the other samples
     prm_online_steps: int = 0  # PRIME: update an implicit PRM on each batch's outcomes before it scores
     max_new_tokens: int = 96
