@@ -208,7 +208,8 @@ def test_processbench_round_trip_is_byte_for_byte(tmp_path):
     assert back.read_bytes() == src.read_bytes()
     for to in ("prm800k", "trl", "math-shepherd"):
         out = tmp_path / f"x.{to}.jsonl"
-        assert runner.invoke(app, ["convert", str(mid), "--from", "stepforge", "--to", to, "-o", str(out)]).exit_code == 0
+        args = ["convert", str(mid), "--from", "stepforge", "--to", to, "-o", str(out)]
+        assert runner.invoke(app, args).exit_code == 0
         assert len(out.read_text().splitlines()) == 30
 
 
@@ -228,7 +229,8 @@ def test_prmbench_import_reads_1_based_error_steps(tmp_path):
     (["label", "-i", "{tmp}", "-o", "{tmp}/o.jsonl", "--method", "truth"], "is a directory"),
     (["label", "-i", "{tmp}/latin1.jsonl", "-o", "{tmp}/o.jsonl", "--method", "truth"], "latin1.jsonl:1: not UTF-8"),
     (["label", "-i", "{tmp}/missing.jsonl", "-o", "{tmp}/o.jsonl"], "missing.jsonl: no such file"),
-    (["label", "-i", "{tmp}/dup.jsonl", "-o", "{tmp}/o.jsonl", "--method", "truth"], "duplicate id 't1' (records 1 and 2)"),
+    (["label", "-i", "{tmp}/dup.jsonl", "-o", "{tmp}/o.jsonl", "--method", "truth"],
+     "duplicate id 't1' (records 1 and 2)"),
     (["label", "-i", "{tmp}/dup.jsonl", "-o", "{tmp}/o.jsonl", "--min-correct", "99", "--k", "8"],
      "--min-correct 99 can never be reached"),
     (["sample", "--backend", "transformers", "--model", "{tmp}/nope", "--out", "{tmp}/s"], "nope: no such model"),

@@ -190,5 +190,5 @@ def test_a_50mb_step_is_refused_before_tokenizing():
     prm = ProcessRewardModel.from_pretrained(get_world().prm_dir)
     prm.tokenizer = RefusingTokenizer(prm.tokenizer)
     huge = Trajectory(id="huge", problem_id="p", question="1 a+1", steps=["a+1=" + "2" * 50_000_000])
-    with pytest.raises(RecordError, match="huge.*cannot fit the PRM's max_length"):
+    with pytest.raises(RecordError, match=r"huge.*cannot fit the PRM's max_length"):
         prm.score([huge])
