@@ -37,6 +37,7 @@ import torch
 from stepforge.alignment import generated_offsets, locate_steps, token_steps
 from stepforge.backends.base import Completion
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
+from stepforge.backends.device import model_device
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Trajectory
@@ -247,6 +248,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
             n = len(tok_adv)
             adv[i, first - 1:first - 1 + n] = torch.tensor(tok_adv)
             act[i, first - 1:first - 1 + n] = torch.tensor(used)
+        device = model_device(model)  # inputs follow the model (CPU or GPU)
+        ids, attn, adv, act = ids.to(device), attn.to(device), adv.to(device), act.to(device)
         with torch.no_grad():
             old = _logprobs(model, ids, attn, cfg.temperature)
             ref = _logprobs(reference, ids, attn, cfg.temperature)
@@ -297,7 +300,7 @@ def _resume(out: Path, model, opt, prm_model=None) -> int:
     step = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=model_device(model))
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
