@@ -113,3 +113,45 @@ def test_trl_token_classification_positions(tok):
 def test_adapters_reject_empty_trajectories(tok):
     with pytest.raises(RecordError, match="no steps"):
         MathShepherdPRM(causal(tok), tok).score([T.model_copy(update={"steps": [], "step_labels": []})])
+
+
+def qwen_prm_dir(tok, path, seed=4):
+    """A tiny checkpoint laid out like Qwen/Qwen2.5-Math-PRM-7B: config architectures and
+    auto_map as the real one's, weights model.* + score.0.* + score.2.*, the <extra_0> token."""
+    from stepforge.prm.adapters import qwen2_process_reward_model_class
+
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=2,
+                         architectures=["Qwen2ForProcessRewardModel"],
+                         auto_map={"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"})
+    torch.manual_seed(seed)
+    model = qwen2_process_reward_model_class()(config).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model
+
+
+def test_a_real_layout_qwen_prm_checkpoint_loads_with_its_score_head(tok, tmp_path):
+    from safetensors.torch import load_file
+
+    from stepforge.prm.adapters import load_adapter
+
+    model = qwen_prm_dir(tok, tmp_path / "qwen-prm")
+    keys = set(load_file(str(tmp_path / "qwen-prm" / "model.safetensors")))
+    assert {"score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"} <= keys
+    assert any(k.startswith("model.layers.0.") for k in keys)
+    prm = load_adapter("qwen", str(tmp_path / "qwen-prm"), device="cpu")
+    ids, pos = prm.encode(T)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    want = logits[pos].softmax(-1)[:, 1]  # the reference: P(class 1) at each <extra_0>
+    assert prm.score([T])[0] == pytest.approx(want.tolist(), abs=1e-5)
+
+
+def test_a_checkpoint_that_does_not_match_the_adapter_fails_loudly(tok, tmp_path):
+    from stepforge.prm.adapters import load_adapter
+
+    causal(tok).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match="not a qwen PRM checkpoint.*missing and would be random"):
+        load_adapter("qwen", str(tmp_path / "lm"), device="cpu")

@@ -183,6 +183,34 @@ class TokenClassificationPRM:
         return _batched(self.model, [self.encode(t) for t in trajectories], pad_id(self.tokenizer), read)
 
 
+def qwen2_process_reward_model_class():
+    """Qwen2.5-Math-PRM's architecture (``Qwen2ForProcessRewardModel``, shipped as custom code
+    in its ``modeling_qwen2_rm.py``): a Qwen2 decoder (``model.*``) and a two-layer score head
+    ``score = Sequential(Linear(h, h), ReLU, Linear(h, num_labels=2))`` applied to every token.
+    Defined here so real checkpoints load with their weights and without trust_remote_code;
+    the class is built on first use (transformers is imported lazily by this module's users)."""
+    from torch import nn
+    from transformers import Qwen2Model, Qwen2PreTrainedModel
+    from transformers.modeling_outputs import TokenClassifierOutput
+
+    class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
+        _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+        def __init__(self, config) -> None:
+            super().__init__(config)
+            self.num_labels = getattr(config, "num_labels", 2) or 2
+            self.model = Qwen2Model(config)
+            self.score = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.ReLU(),
+                                       nn.Linear(config.hidden_size, self.num_labels))
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, **kwargs):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return TokenClassifierOutput(logits=self.score(hidden))
+
+    return Qwen2ForProcessRewardModel
+
+
 ADAPTERS = {"math-shepherd": MathShepherdPRM, "qwen": QwenMathPRM, "rlhflow": RLHFlowPRM,
             "token-classification": TokenClassificationPRM}
 
@@ -197,10 +225,18 @@ def load_adapter(kind: str, path: str, device: str = "auto", dtype: str = "auto"
 
     if kind not in ADAPTERS:
         raise ValueError(f"unknown PRM format {kind!r}; choose from {', '.join(ADAPTERS)}")
+    from transformers import AutoConfig
+
     where = check_model_dir(path, "PRM")
     dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(where)
-    auto = AutoModelForTokenClassification if kind in ("qwen", "token-classification") else AutoModelForCausalLM
+    architectures = getattr(AutoConfig.from_pretrained(where), "architectures", None) or []
+    if kind == "qwen" and "Qwen2ForProcessRewardModel" in architectures:
+        auto = qwen2_process_reward_model_class()  # the real Qwen2.5-Math-PRM-7B layout
+    elif kind in ("qwen", "token-classification"):
+        auto = AutoModelForTokenClassification
+    else:
+        auto = AutoModelForCausalLM
     model, info = auto.from_pretrained(where, dtype=resolve_dtype(dtype, dev), output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if "rotary" not in k]
     if missing:
