@@ -6,7 +6,7 @@ block of solved 10-step problems, then a question and a late-step partial soluti
 prefix is many times the continuation. Both runs use the same seed and must give the same
 outputs. Prints one JSON line; the headline ratio is at the longest prefix.
 
-    python bench/prefix_reuse.py [--repeats 3]
+    python bench/prefix_reuse.py [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = ap.parse_args()
     quiet_cpu(args.threads)
-    reuse = make_policy("world")
+    reuse = make_policy("world", device=args.device, dtype="float32")
     naive = TransformersPolicy(reuse.model, reuse.tokenizer, reuse_prefix=False)
     rows = []
     for shots in (0, 2, 4):
@@ -67,7 +68,8 @@ def main() -> None:
             "ratio": round(t_naive / t_reuse, 2), "identical_outputs": r_reuse.texts() == r_naive.texts(),
         })
     head = rows[-1]
-    print(json.dumps({"bench": "prefix_reuse", "prefixes": args.prefixes, "n": args.n, "threads": args.threads,
+    print(json.dumps({"bench": "prefix_reuse", "device": str(reuse.model.device), "prefixes": args.prefixes,
+                      "n": args.n, "threads": args.threads,
                       "tokens_per_s_reuse": head["tokens_per_s_reuse"],
                       "tokens_per_s_naive": head["tokens_per_s_naive"],
                       "ratio": head["ratio"], "identical_outputs": all(r["identical_outputs"] for r in rows),

@@ -6,7 +6,7 @@ scores vary). The baseline scores prefix p_t for t = 1..T and keeps its last ste
 it is batched across trajectories as well, so the ratio is the one-pass saving alone.
 Prints one JSON line.
 
-    python bench/prm_scoring.py [--repeats 3]
+    python bench/prm_scoring.py [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = ap.parse_args()
     quiet_cpu(1)
     policy_dir = resolve_policy_dir()
-    prm = ProcessRewardModel.from_backbone(policy_dir, PRMConfig(readout="prefix_min", token_logprob_feature=True))
+    prm = ProcessRewardModel.from_backbone(policy_dir, PRMConfig(readout="prefix_min", token_logprob_feature=True),
+                                           device=args.device, dtype="float32")
     torch.manual_seed(0)
     torch.nn.init.normal_(prm.head.weight, std=0.5)
     from stepforge.backends import make_policy
@@ -67,7 +69,7 @@ def main() -> None:
     t_one, one = best(lambda: prm.score(trajs, batch_size=args.batch_size))
     t_per, per = best(lambda: per_step_prefix_scores(prm, trajs, args.batch_size))
     diff = max(abs(a - b) for x, y in zip(one, per, strict=True) for a, b in zip(x, y, strict=True))
-    print(json.dumps({"bench": "prm_scoring", "trajectories": len(trajs), "steps": 8,
+    print(json.dumps({"bench": "prm_scoring", "device": str(prm.device), "trajectories": len(trajs), "steps": 8,
                       "one_pass_traj_per_s": round(len(trajs) / t_one, 1),
                       "per_step_traj_per_s": round(len(trajs) / t_per, 1),
                       "ratio": round(t_per / t_one, 2), "max_abs_diff": diff}))

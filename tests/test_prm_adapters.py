@@ -153,5 +153,5 @@ def test_a_checkpoint_that_does_not_match_the_adapter_fails_loudly(tok, tmp_path
 
     causal(tok).save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
-    with pytest.raises(ValueError, match="not a qwen PRM checkpoint.*missing and would be random"):
+    with pytest.raises(ValueError, match=r"not a qwen PRM checkpoint.*missing and would be random"):
         load_adapter("qwen", str(tmp_path / "lm"), device="cpu")

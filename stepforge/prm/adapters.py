@@ -194,7 +194,7 @@ def qwen2_process_reward_model_class():
     from transformers.modeling_outputs import TokenClassifierOutput
 
     class Qwen2ForProcessRewardModel(Qwen2PreTrainedModel):
-        _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+        _keys_to_ignore_on_load_unexpected = (r"^lm_head\.",)
 
         def __init__(self, config) -> None:
             super().__init__(config)
