@@ -35,13 +35,27 @@ class SeededSampler(LogitsProcessor):
     everywhere but at the drawn token, so greedy decoding takes it. Row r's t-th draw uses
     only its own generator, which makes samples independent of batch size and composition."""
 
+    NOISE_BYTES = 1 << 28  # uniforms drawn ahead per call: several decode steps at once, ≤ 256 MB
+
     def __init__(self, seeds: Sequence[int], temperature: float, device: torch.device) -> None:
         self.temperature = temperature
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.noise: torch.Tensor | None = None  # (rows, block, vocab): the next decode steps' draws
+        self.step = 0
+
+    def _uniforms(self, vocab: int, device: torch.device) -> torch.Tensor:
+        """This step's uniforms, one row per generator. Rows draw ``block`` steps at a time (one
+        call per row per block, not per step); row r still reads only its own stream."""
+        block = max(1, min(32, self.NOISE_BYTES // (4 * vocab * len(self.generators))))
+        if self.noise is None or self.step % self.noise.shape[1] == 0:
+            self.noise = torch.stack([torch.rand(block, vocab, generator=g, device=device) for g in self.generators])
+        u = self.noise[:, self.step % self.noise.shape[1]]
+        self.step += 1
+        return u
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
+        u = self._uniforms(scores.shape[-1], scores.device)
         neg_log_u = torch.log(u.clamp(min=1e-20)).neg().clamp(min=1e-20)  # −log u > 0
         gumbel = neg_log_u.log().neg()
         choice = (logp + gumbel).argmax(-1, keepdim=True)
