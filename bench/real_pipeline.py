@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--rollout-tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--processbench-limit", type=int, default=None, help="first N ProcessBench GSM8K items (all 400)")
     ap.add_argument("--work", default="runs/real")
     ap.add_argument("--readout", default="separator",
                     help="separator (a probe on the frozen backbone's hidden state at each step end) | prefix_min "
@@ -105,7 +106,7 @@ def main() -> None:
     train_prm(prm, labeled, PRMTrainConfig(readout=args.readout, token_logprob_feature=args.readout == "prefix_min"))
     stage("train_prm")
 
-    gold = formats.import_file(find_data_file("processbench/gsm8k.json"), "processbench")
+    gold = formats.import_file(find_data_file("processbench/gsm8k.json"), "processbench")[:args.processbench_limit]
     write_jsonl(work / "processbench_gsm8k.jsonl", gold)
     report = evaluate_prm(None, work / "processbench_gsm8k.jsonl", "gsm8k", scorer=prm, baselines=False)
     stage("processbench")
@@ -130,7 +131,8 @@ def main() -> None:
                       "bon_acc": round(table["bon_min"]["accuracy"], 4),
                       "weighted_acc": round(table["weighted_min"]["accuracy"], 4),
                       "majority_acc": round(table["majority"]["accuracy"], 4),
-                      "oracle_acc": round(table["oracle"]["accuracy"], 4), "heldout_problems": args.heldout}))
+                      "oracle_acc": round(table["oracle"]["accuracy"], 4), "heldout_problems": args.heldout,
+                      "processbench_items": len(gold)}))
 
 
 if __name__ == "__main__":
