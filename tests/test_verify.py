@@ -67,3 +67,29 @@ def test_first_arithmetic_error():
     steps = ["16 - 3 = <<16-3=13>>13 left", "Nothing to compute here", "13 * 2 = 28", "28 + 1 = 29"]
     assert first_arithmetic_error(steps) == 2
     assert first_arithmetic_error(steps[:2]) is None
+
+
+def test_a_long_sum_is_checked_in_linear_time():
+    # the old regex backtracked exponentially: 14 terms without '=' took 25 s, 15 terms ~140 s
+    from stepforge.verify.equations import check_equations
+
+    terms = " + ".join(str(i) for i in range(1, 201))
+    assert check_equations(terms) == []  # no '=': nothing to check, nothing scanned twice
+    right, wrong = check_equations(terms + " = 20100"), check_equations(terms + " = 20101")
+    assert [c.ok for c in right] == [True] and [c.ok for c in wrong] == [False]
+    huge = " + ".join(["1"] * 20000) + " = 1"  # too long to judge: skipped, not parsed
+    assert check_equations(huge) == []
+
+
+def test_latex_arithmetic_and_chains():
+    from stepforge.verify.equations import check_equations, step_is_arithmetically_valid
+
+    assert step_is_arithmetically_valid("$3 \\times (2 + 5) = 3 \\times 7 = 21$") is True  # flagged before
+    assert step_is_arithmetically_valid("$3 \\times (2 + 5) = 3 \\times 8 = 24$") is False
+    assert step_is_arithmetically_valid("$\\frac{6}{3} = 2$ and $2 \\cdot 4 = 8$, $9 \\div 3 = 3$") is True
+    assert step_is_arithmetically_valid("$2 \\cdot 4 = 9$") is False
+    assert step_is_arithmetically_valid("62 / 8 = 7 with remainder 6") is True  # a whole quotient
+    assert step_is_arithmetically_valid("1547 / 3 = 515.66") is True  # truncated, not rounded
+    for ambiguous in ("20% of $20 = 0.20 \\times $20 = $4", "r_3^2 - 10r_3 + 25 = 0", "D - 8 = 60 - 8",
+                      "$\\sqrt{\\frac{25}{4}} = \\frac{5}{2}$", "x = 30 + rt"):
+        assert all(c.ok for c in check_equations(ambiguous)), ambiguous

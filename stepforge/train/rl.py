@@ -41,6 +41,7 @@ from stepforge.backends.device import model_device
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Trajectory
+from stepforge.seeds import derive_seed
 from stepforge.tasks import DEFAULT_WORLD, Task, get_world
 from stepforge.train.credit import (
     add_verifiable_reward,
@@ -218,7 +219,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         problems = world.generate(cfg.problems_per_step, seed=cfg.seed * 100_000 + step, prefix="rl",
                                   min_steps=cfg.min_steps, max_steps=cfg.max_steps)
         model.eval()
-        batch = next(sample_trajectories(policy, problems, task, n=cfg.samples_per_problem, seed=step,
+        batch = next(sample_trajectories(policy, problems, task, n=cfg.samples_per_problem,
+                                         seed=derive_seed(cfg.seed, "rl-sample", step),
                                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                          batch_problems=len(problems)))
         trajs = batch.trajectories
