@@ -120,12 +120,12 @@ def _last_step_logit(model: ProcessRewardModel, batch: dict[str, torch.Tensor]) 
     return logits.gather(1, last.unsqueeze(-1)).squeeze(-1)
 
 
-def _args(cfg: PRMTrainConfig, out_dir: str) -> TrainingArguments:
+def _args(cfg: PRMTrainConfig, out_dir: str, use_cpu: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine", logging_steps=cfg.logging_steps,
-        save_strategy="no", report_to=[], seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", report_to=[], seed=cfg.seed, use_cpu=use_cpu,  # train where the model is
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=False,
     )
 
@@ -155,7 +155,8 @@ def train_prm(model: ProcessRewardModel, trajectories: Sequence[Trajectory] = ()
     for p in model.backbone.parameters():
         p.requires_grad_(not cfg.freeze_backbone)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = _PRMTrainer(model=model, args=_args(cfg, tmp), train_dataset=dataset, data_collator=collator)
+        trainer = _PRMTrainer(model=model, args=_args(cfg, tmp, use_cpu=model.device.type == "cpu"),
+                              train_dataset=dataset, data_collator=collator)
         trainer.loss_type = "pairwise" if pairs else "bce"
         model.train()
         trainer.train()

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from stepforge.alignment import token_steps
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
+from stepforge.backends.device import model_device
 from stepforge.schema import StepPair
 
 
@@ -54,7 +56,7 @@ def train_dpo(model, tokenizer, pairs: Sequence[StepPair], *, beta: float = 0.5,
     with tempfile.TemporaryDirectory() as tmp:
         args = DPOConfig(output_dir=tmp, beta=beta, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
                          per_device_train_batch_size=batch_size, logging_steps=10, save_strategy="no", report_to=[],
-                         seed=seed, use_cpu=not torch.cuda.is_available(), max_length=1024,
+                         seed=seed, use_cpu=model_device(model).type == "cpu", max_length=1024,
                          lr_scheduler_type=lr_scheduler,
                          loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
                          loss_weights=[1.0, sft_weight] if sft_weight > 0 else None)
@@ -81,14 +83,17 @@ def orpo_loss(mean_logp_chosen: torch.Tensor, mean_logp_rejected: torch.Tensor, 
 def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: list[str]) -> torch.Tensor:
     ids, starts = [], []
     for p, c in zip(prompts, completions, strict=True):
-        prompt_ids = tokenizer(p).input_ids
-        full = tokenizer(p + c).input_ids
-        ids.append(full)
-        starts.append(len(prompt_ids))
-    x, mask = pad_right(ids, pad_id(tokenizer))
+        # the completion starts at the first token holding a character of it (by offsets: a BPE
+        # merge across the boundary makes "tokens of the prompt" no prefix of the full encoding)
+        enc = tokenizer(p + c, return_offsets_mapping=True)
+        owner = token_steps(enc["offset_mapping"], [(len(p), len(p) + len(c))])
+        ids.append(enc["input_ids"])
+        starts.append(next((i for i, k in enumerate(owner) if k == 0), len(owner)))
+    device = model_device(model)
+    x, mask = (t.to(device) for t in pad_right(ids, pad_id(tokenizer)))
     tok = next_token_logprobs(model(input_ids=x, attention_mask=mask).logits, x)
-    pos = torch.arange(x.shape[1] - 1)[None, :]
-    comp = (pos >= torch.tensor(starts)[:, None] - 1) & (mask[:, 1:] == 1)
+    pos = torch.arange(x.shape[1] - 1, device=device)[None, :]
+    comp = (pos >= torch.tensor(starts, device=device)[:, None] - 1) & (mask[:, 1:] == 1)
     return (tok * comp).sum(-1) / comp.sum(-1).clamp(min=1)
 
 
