@@ -47,6 +47,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def atomic_write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
+    """Pydantic records one a line, written atomically (for files rewritten whole)."""
+    return atomic_write_text(path, "".join(r.model_dump_json() + "\n" for r in records))
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 

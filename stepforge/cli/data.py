@@ -23,7 +23,7 @@ def convert(
     """Convert public step-label formats to stepforge trajectories, or stepforge trajectories out
     to them (written atomically)."""
     from stepforge import formats
-    from stepforge.runs import atomic_write_text
+    from stepforge.runs import atomic_write_jsonl, atomic_write_text
     from stepforge.schema import Trajectory, read_records, write_records
 
     refuse_existing(out, overwrite)
@@ -36,7 +36,7 @@ def convert(
             write_records(tmp, records)
             tmp.replace(out)
         else:
-            atomic_write_text(out, "".join(t.model_dump_json() + "\n" for t in records))
+            atomic_write_jsonl(out, records)
     else:
         atomic_write_text(out, formats.export(records, to))
     console.print(f"converted {len(records)} records from {fmt} to {to}: [bold]{json.dumps(str(out))[1:-1]}[/bold]")

@@ -122,7 +122,7 @@ def label_consensus(
 ) -> None:
     """Keep trajectories whose first error agrees between two label sources."""
     from stepforge.label.quality import consensus
-    from stepforge.runs import atomic_write_text
+    from stepforge.runs import atomic_write_jsonl
     from stepforge.schema import Trajectory, read_records
 
     result = consensus(read_records(primary, Trajectory, unique_ids=True),
@@ -131,7 +131,7 @@ def label_consensus(
     if not r["compared"]:
         raise ValueError(f"{primary} and {other} share no trajectory ids: nothing to compare")
     refuse_existing(out, overwrite)
-    atomic_write_text(out, "".join(t.model_dump_json() + "\n" for t in result.kept))
+    atomic_write_jsonl(out, result.kept)
     console.print(f"kept {r['kept']} of {r['compared']} compared ({r['kept_share']:.1%}); wrote {out}")
 
 

@@ -108,7 +108,7 @@ def score(
     threads: Threads = 1,
 ) -> None:
     """Score every step of every trajectory (one forward pass each); scores go to meta.prm_scores."""
-    from stepforge.runs import atomic_write_text
+    from stepforge.runs import atomic_write_jsonl
     from stepforge.schema import RecordError, Trajectory, read_records
 
     quiet_hf(threads)
@@ -129,7 +129,7 @@ def score(
     scores = dict(zip([t.id for t in scorable], model.score(scorable), strict=True))
     rows = [t.model_copy(update={"meta": {**t.meta, "prm_scores": scores[t.id]}}) if t.id in scores else
             t.model_copy(update={"meta": {**t.meta, "skipped": skipped[t.id]}}) for t in data]
-    atomic_write_text(out, "".join(t.model_dump_json() + "\n" for t in rows))
+    atomic_write_jsonl(out, rows)
     extra = f" ({len(skipped)} skipped as too long)" if skipped else ""
     console.print(f"scored {len(scorable)} trajectories{extra}; wrote [bold]{out}[/bold]")
 

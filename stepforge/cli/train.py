@@ -54,7 +54,7 @@ def pairs(
 ) -> None:
     """Step-DPO pairs: rejected = the first wrong step, chosen = a rollout-verified alternative."""
     from stepforge.label.methods import problem_of
-    from stepforge.runs import atomic_write_text
+    from stepforge.runs import atomic_write_jsonl
     from stepforge.schema import Trajectory, read_records
     from stepforge.tasks import get_task
     from stepforge.train.pairs import step_dpo_pairs
@@ -69,7 +69,7 @@ def pairs(
     result = step_dpo_pairs(data, [problem_of(t, chosen_task, index) for t in data],
                             make_cli_policy(backend, model, base_url, device, dtype), chosen_task,
                             candidates=candidates, k=k, seed=seed, min_value=min_value, temperature=temperature)
-    atomic_write_text(out, "".join(p.model_dump_json() + "\n" for p in result))
+    atomic_write_jsonl(out, result)
     console.print(f"{len(result)} pairs from {len(data)} trajectories with a first error; wrote [bold]{out}[/bold]")
 
 
