@@ -37,8 +37,9 @@ class SeededSampler(LogitsProcessor):
 
     NOISE_BYTES = 1 << 28  # uniforms drawn ahead per call: several decode steps at once, ≤ 256 MB
 
-    def __init__(self, seeds: Sequence[int], temperature: float, device: torch.device) -> None:
+    def __init__(self, seeds: Sequence[int], temperature: float, device: torch.device, max_steps: int = 32) -> None:
         self.temperature = temperature
+        self.max_steps = max(1, min(32, max_steps))  # a block never holds more steps than can be generated
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         self.noise: torch.Tensor | None = None  # (rows, block, vocab): the next decode steps' draws
         self.step = 0
@@ -46,7 +47,7 @@ class SeededSampler(LogitsProcessor):
     def _uniforms(self, vocab: int, device: torch.device) -> torch.Tensor:
         """This step's uniforms, one row per generator. Rows draw ``block`` steps at a time (one
         call per row per block, not per step); row r still reads only its own stream."""
-        block = max(1, min(32, self.NOISE_BYTES // (4 * vocab * len(self.generators))))
+        block = max(1, min(self.max_steps, self.NOISE_BYTES // (4 * vocab * len(self.generators))))
         if self.noise is None or self.step % self.noise.shape[1] == 0:
             self.noise = torch.stack([torch.rand(block, vocab, generator=g, device=device) for g in self.generators])
         u = self.noise[:, self.step % self.noise.shape[1]]
@@ -147,7 +148,8 @@ class TransformersPolicy:
         mask = mask.repeat_interleave(n, dim=0)
         if temperature > 0:
             row_seeds = [sample_seed(s, j) for s in seeds for j in range(n)]
-            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(row_seeds, temperature, device)])
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler(row_seeds, temperature, device,
+                                                                            max_new_tokens)])
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=tok)
         # A config of our own: the model's generation_config (its temperature, top_p, repetition
