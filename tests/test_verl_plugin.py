@@ -43,3 +43,11 @@ def test_registration_with_verl_when_installed():
     fn = core_algos.get_adv_estimator_fn("stepforge_min")
     adv, _ = fn(token_level_rewards=REWARDS, response_mask=MASK, index=INDEX, config=None)
     assert names == ["stepforge_min", "stepforge_sum"] and adv.shape == REWARDS.shape
+
+
+def test_groups_whose_hashes_collide_stay_separate():
+    # 5 and 5 + 2**31 have equal 31-bit hashes: the old `hash(x) & 0x7FFFFFFF` merged their groups
+    index = np.array([5, 5, 5 + 2**31, 5 + 2**31], dtype=object)
+    adv, _ = step_credit_advantages(REWARDS, MASK, index, min_form_returns, norm_by_std=False)
+    apart, _ = step_credit_advantages(REWARDS, MASK, INDEX, min_form_returns, norm_by_std=False)
+    assert torch.allclose(adv, apart)  # same as two distinct uids "p" and "q"

@@ -35,6 +35,7 @@ def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: tor
     returns = torch.zeros_like(token_level_rewards, dtype=torch.float32)
     step_values, owners = [], []
     spans: list[list[tuple[int, int]]] = []
+    group_ids: dict[Any, int] = {}
     for i in range(bs):
         valid = response_mask[i].bool()
         ends = torch.nonzero((token_level_rewards[i] != 0) & valid).squeeze(-1).tolist()
@@ -50,7 +51,7 @@ def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: tor
         spans.append(row_spans)
         returns[i] = step_returns_to_tokens(g, row_spans, returns.shape[1])
         step_values.append(g)
-        owners.append(torch.full((len(g),), _group_id(index[i])))
+        owners.append(torch.full((len(g),), group_ids.setdefault(_group_key(index[i]), len(group_ids))))
     norm = group_normalize(torch.cat(step_values), torch.cat(owners), std=norm_by_std, eps=epsilon)
     advantages = torch.zeros_like(returns)
     k = 0
@@ -61,8 +62,11 @@ def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: tor
     return advantages * mask, returns * mask
 
 
-def _group_id(value: Any) -> int:
-    return hash(value.item() if hasattr(value, "item") else value) & 0x7FFFFFFF
+def _group_key(value: Any) -> Any:
+    """A prompt's group key as verl gives it (a uid string, a numpy scalar...), compared by
+    equality: dense ids are assigned per call, so two prompts never share a group (a hash
+    truncated to 31 bits did merge groups whose hashes collided)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def make_estimator(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
