@@ -112,11 +112,7 @@ class OpenAIPolicy:
             parts = [first, *self._map(args[1:])]
         else:
             parts = self._map(args)
-        completions = [row for rows, _ in parts for row in rows]
-        cost = GenerationCost()
-        for _, c in parts:
-            cost = cost + c
-        return GenerationResult(completions, cost)
+        return GenerationResult(*_merge(parts))
 
     def _map(self, args: list[tuple]) -> list[tuple[list[list[Completion]], GenerationCost]]:
         if not args:
@@ -127,11 +123,7 @@ class OpenAIPolicy:
     def _request_or_split(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
                           temperature: float, seed: int | None) -> tuple[list[list[Completion]], GenerationCost]:
         if len(prompts) > 1 and self.list_prompts_ok is False:
-            parts = [self._request([p], n, stop, max_new_tokens, temperature, seed) for p in prompts]
-            cost = GenerationCost()
-            for _, c in parts:
-                cost = cost + c
-            return [row for rows, _ in parts for row in rows], cost
+            return _merge([self._request_or_split([p], n, stop, max_new_tokens, temperature, seed) for p in prompts])
         rows, cost, ignored_list = self._request_maybe_list(prompts, n, stop, max_new_tokens, temperature, seed)
         if ignored_list:
             log.warning("%s ignores a list 'prompt' (answered %d choices for %d prompts x n=%d); sending one "
@@ -140,11 +132,6 @@ class OpenAIPolicy:
             return self._request_or_split(prompts, n, stop, max_new_tokens, temperature, seed)
         if len(prompts) > 1:
             self.list_prompts_ok = True
-        return rows, cost
-
-    def _request(self, prompts, n, stop, max_new_tokens, temperature, seed):
-        rows, cost, ignored = self._request_maybe_list(prompts, n, stop, max_new_tokens, temperature, seed)
-        assert not ignored  # one prompt: nothing to ignore
         return rows, cost
 
     def _request_maybe_list(self, prompts: list[str], n: int, stop: list[str], max_new_tokens: int,
@@ -228,6 +215,12 @@ class OpenAIPolicy:
         # the longest choice is what a batched server does for this request.
         longest = max(counts, default=0)
         return rows, GenerationCost(prompt_tokens, generated, 1 + longest)  # type: ignore[return-value]
+
+
+def _merge(parts: list[tuple[list[list[Completion]], GenerationCost]]
+           ) -> tuple[list[list[Completion]], GenerationCost]:
+    """Rows of several requests, in order, and their summed cost."""
+    return [row for rows, _ in parts for row in rows], sum((c for _, c in parts), GenerationCost())
 
 
 def _apportion(exact: list[int | None], lengths: list[int], total: int | None) -> list[int]:
