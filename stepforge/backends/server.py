@@ -55,6 +55,7 @@ class CompletionsHandler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
+            self.server.check_model(body)
             reply = self.server.complete(body) if route == "/v1/completions" else self.server.chat(body)
         except ModelNotFound as err:
             self.send_json(404, {"error": {"message": str(err), "type": "invalid_request_error",
@@ -82,15 +83,36 @@ class PolicyServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def _check_model(self, body: dict) -> None:
+    def check_model(self, body: dict) -> None:
         model = body.get("model")
         if model is not None and model != self.model_name:
             raise ModelNotFound(f"The model {model!r} does not exist; this server serves {self.model_name!r}")
 
+    def _generate(self, body: dict, prompts: list) -> tuple[Any, int]:
+        """Run one request through the policy: its stop, n, token limit, temperature and
+        seed. With one prompt the request's seed is that prompt's seed, exactly as a local call
+        with per-prompt seeds (stepforge.seeds), so served and local samples agree."""
+        stop = body.get("stop")
+        stop = [stop] if isinstance(stop, str) else (stop or [])
+        n = int(body.get("n", 1))
+        seed = body.get("seed")
+        if seed is not None and not isinstance(seed, int):
+            raise ValueError("'seed' must be an integer")
+        seeds = [seed] if seed is not None and len(prompts) == 1 else seed
+        with self._lock:
+            result = self.policy.generate(prompts, n=n, stop=stop, max_new_tokens=int(body.get("max_tokens", 16)),
+                                          temperature=float(body.get("temperature", 1.0)), seed=seeds)
+        return result, n
+
+    def _reply(self, kind: str, prefix: str, choices: list[dict], result) -> dict:
+        usage = {"prompt_tokens": result.cost.prompt_tokens, "completion_tokens": result.cost.generated_tokens,
+                 "total_tokens": result.cost.prompt_tokens + result.cost.generated_tokens}
+        return {"id": f"{prefix}-{uuid.uuid4().hex[:12]}", "object": kind, "created": int(time.time()),
+                "model": self.model_name, "choices": choices, "usage": usage}
+
     def chat(self, body: dict) -> dict:
         """``/v1/chat/completions``; with ``continue_final_message`` (vLLM's extension) a final
         assistant message is continued, and the choices hold only the continuation."""
-        self._check_model(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
@@ -99,49 +121,22 @@ class PolicyServer(ThreadingHTTPServer):
         chat = Chat(tuple({"role": m["role"], "content": m["content"]} for m in messages))
         if chat.continues and not body.get("continue_final_message"):
             raise ValueError("the last message is the assistant's: set continue_final_message to continue it")
-        stop = body.get("stop")
-        stop = [stop] if isinstance(stop, str) else (stop or [])
-        n = int(body.get("n", 1))
-        seed = body.get("seed")
-        with self._lock:
-            result = self.policy.generate([chat], n=n, stop=stop, max_new_tokens=int(body.get("max_tokens", 16)),
-                                          temperature=float(body.get("temperature", 1.0)),
-                                          seed=None if seed is None else [int(seed)])
+        result, _ = self._generate(body, [chat])
         choices = [{"index": j, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
                     "stop_reason": c.stop_reason, "completion_tokens": c.tokens}
                    for j, c in enumerate(result.completions[0])]
-        usage = {"prompt_tokens": result.cost.prompt_tokens, "completion_tokens": result.cost.generated_tokens,
-                 "total_tokens": result.cost.prompt_tokens + result.cost.generated_tokens}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_name, "choices": choices, "usage": usage}
+        return self._reply("chat.completion", "chatcmpl", choices, result)
 
     def complete(self, body: dict) -> dict:
-        self._check_model(body)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts) or not prompts:
             raise ValueError("'prompt' must be a string or a non-empty list of strings")
-        stop = body.get("stop")
-        stop = [stop] if isinstance(stop, str) else (stop or [])
-        n = int(body.get("n", 1))
-        seed = body.get("seed")
-        if seed is not None and not isinstance(seed, int):
-            raise ValueError("'seed' must be an integer")
-        # one prompt: the request's seed is that prompt's seed, exactly as a local call with
-        # per-prompt seeds (stepforge.seeds), so served and local samples agree
-        seeds = [seed] if seed is not None and len(prompts) == 1 else seed
-        with self._lock:
-            result = self.policy.generate(prompts, n=n, stop=stop, max_new_tokens=int(body.get("max_tokens", 16)),
-                                          temperature=float(body.get("temperature", 1.0)), seed=seeds)
-        choices = []
-        for i, row in enumerate(result.completions):
-            for j, c in enumerate(row):
-                choices.append({"index": i * n + j, "text": c.text, "finish_reason": c.finish_reason,
-                                "logprobs": None, "stop_reason": c.stop_reason, "completion_tokens": c.tokens})
-        usage = {"prompt_tokens": result.cost.prompt_tokens, "completion_tokens": result.cost.generated_tokens,
-                 "total_tokens": result.cost.prompt_tokens + result.cost.generated_tokens}
-        return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
-                "model": self.model_name, "choices": choices, "usage": usage}
+        result, n = self._generate(body, prompts)
+        choices = [{"index": i * n + j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None,
+                    "stop_reason": c.stop_reason, "completion_tokens": c.tokens}
+                   for i, row in enumerate(result.completions) for j, c in enumerate(row)]
+        return self._reply("text_completion", "cmpl", choices, result)
 
 
 def serve_in_thread(server: PolicyServer) -> threading.Thread:
