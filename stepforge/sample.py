@@ -11,7 +11,7 @@ from stepforge.guards import refuse_too_long, too_long
 from stepforge.jobs import Batch, JobStats, run_resumable
 from stepforge.schema import Cost, Problem, Trajectory
 from stepforge.seeds import derive_seed
-from stepforge.tasks import Chat, Task
+from stepforge.tasks import Prompt, Task, prompt_text
 
 
 @dataclass
@@ -47,17 +47,24 @@ def to_trajectory(problem: Problem, completion: Completion, task: Task, trajecto
     )
 
 
+def prompts_too_long(policy: Policy, names: Sequence[str], prompts: Sequence[Prompt], reserve: int,
+                     skip: bool = False, what: str = "") -> list[str | None]:
+    """Per prompt, None if it plus ``reserve`` generated tokens fits the policy's context (when
+    it says what that is), else why not. Without ``skip`` the first over-long prompt is an
+    error naming it (``names``), raised before any generation."""
+    reasons = too_long([prompt_text(p) for p in prompts], getattr(policy, "max_context", None),
+                       getattr(policy, "count_tokens", None), reserve=reserve)
+    if not skip:
+        refuse_too_long(names, reasons, f"{getattr(policy, 'name', 'the policy')}'s context{what}")
+    return reasons
+
+
 def check_prompt_lengths(policy: Policy, problems: Sequence[Problem], task: Task, max_new_tokens: int,
                          skip: bool = False) -> tuple[list[Problem], dict[str, str]]:
-    """Problems whose prompt plus ``max_new_tokens`` fits the policy's context (when it says
-    what that is), and why the others do not. Without ``skip`` an over-long problem is an
-    error naming it, raised before any generation."""
-    texts = [p.text if isinstance(p, Chat) else p for p in (task.prompt(q) for q in problems)]
-    reasons = too_long(texts, getattr(policy, "max_context", None), getattr(policy, "count_tokens", None),
-                       reserve=max_new_tokens)
-    if not skip:
-        refuse_too_long([f"problem {q.id!r}" for q in problems], reasons,
-                        f"{getattr(policy, 'name', 'the policy')}'s context (prompt + --max-new-tokens)")
+    """Problems whose prompt plus ``max_new_tokens`` fits the policy's context, and why the
+    others do not (see :func:`prompts_too_long`)."""
+    reasons = prompts_too_long(policy, [f"problem {q.id!r}" for q in problems], [task.prompt(q) for q in problems],
+                               max_new_tokens, skip, " (prompt + --max-new-tokens)")
     skipped = {q.id: r for q, r in zip(problems, reasons, strict=True) if r is not None}
     return [q for q in problems if q.id not in skipped], skipped
 

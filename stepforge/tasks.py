@@ -48,6 +48,11 @@ class Chat:
 Prompt = str | Chat
 
 
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as plain text (a chat's messages joined), e.g. for length checks."""
+    return prompt.text if isinstance(prompt, Chat) else prompt
+
+
 @dataclass(frozen=True)
 class Task:
     name: str

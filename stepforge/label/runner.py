@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 from stepforge.backends.base import Policy
-from stepforge.guards import refuse_too_long, too_long
 from stepforge.jobs import Batch, JobStats, run_resumable
 from stepforge.label.judge import label_judge
 from stepforge.label.methods import label_binary, label_mc, label_truth, problem_of
 from stepforge.label.omegaprm import OmegaConfig, search_tree
 from stepforge.label.rollouts import RolloutEstimator
+from stepforge.sample import prompts_too_long
 from stepforge.schema import Problem, Trajectory, read_records
-from stepforge.tasks import Chat, Prompt, Task
+from stepforge.tasks import Task
 
 Method = Literal["mc", "binary", "omegaprm", "truth", "judge"]
 METHODS: tuple[str, ...] = ("mc", "binary", "omegaprm", "truth", "judge")
@@ -84,12 +84,9 @@ def label_file(input_path: str | Path, out_path: str | Path, task: Task, cfg: La
     resolved = {t.id: problem_of(t, task, problems) for t in trajectories}  # fail before any work
     skipped: dict[str, str] = {}
     if policy is not None and cfg.method != "truth":
-        texts = [_prompt_text(task.prefix_prompt(resolved[t.id], t.steps)) for t in trajectories]
-        reasons = too_long(texts, getattr(policy, "max_context", None), getattr(policy, "count_tokens", None),
-                           reserve=cfg.max_new_tokens if cfg.method != "judge" else 0)
-        if not skip_too_long:
-            refuse_too_long([f"{input_path}: trajectory {t.id!r}" for t in trajectories], reasons,
-                            f"{getattr(policy, 'name', 'the policy')}'s context")
+        reasons = prompts_too_long(policy, [f"{input_path}: trajectory {t.id!r}" for t in trajectories],
+                                   [task.prefix_prompt(resolved[t.id], t.steps) for t in trajectories],
+                                   cfg.max_new_tokens if cfg.method != "judge" else 0, skip_too_long)
         skipped = {t.id: r for t, r in zip(trajectories, reasons, strict=True) if r is not None}
     batches = [Batch(b, chunk, [t.id for t in chunk]) for b, chunk in
                enumerate(trajectories[i:i + batch_size] for i in range(0, len(trajectories), batch_size))]
@@ -122,10 +119,6 @@ def label_file(input_path: str | Path, out_path: str | Path, task: Task, cfg: La
 
     return run_resumable(out_path, batches, Trajectory, process, id_of=lambda t: t.id, on_batch=on_batch,
                          process_many=many)
-
-
-def _prompt_text(prompt: Prompt) -> str:
-    return prompt.text if isinstance(prompt, Chat) else prompt
 
 
 _WORKER_POLICY: dict[str, Policy] = {}
