@@ -26,15 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stepforge.schema import RecordError, Trajectory, check_input_file, iter_json_lines
+from stepforge.schema import RecordError, Trajectory, check_input_file, iter_json_lines, truth_labels
 
 FORMATS = ("processbench", "prm800k", "prmbench", "math-shepherd", "trl")
 EXPORTS = ("processbench", "prm800k", "math-shepherd", "trl")
 _PB_KNOWN = ("id", "problem", "steps", "final_answer_correct", "label")
-
-
-def _truth_style(n: int, first_error: int | None) -> list[float]:
-    return [1.0] * n if first_error is None else [1.0] * first_error + [0.0] * (n - first_error)
 
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -77,7 +73,7 @@ def from_processbench(row: dict, where: str) -> Trajectory:
     extra = {k: v for k, v in row.items() if k not in _PB_KNOWN}
     return Trajectory(id=str(row["id"]), problem_id=str(row["id"]), question=row["problem"], steps=steps,
                       correct=row.get("final_answer_correct"), first_error=first,
-                      step_labels=_truth_style(len(steps), first), label_source="human",
+                      step_labels=truth_labels(len(steps), first), label_source="human",
                       meta={"generator": row.get("generator"), "format": "processbench",
                             "processbench": {"fields": list(row), "extra": extra}})
 
@@ -187,7 +183,7 @@ def from_prmbench(row: dict, where: str) -> list[Trajectory]:
     if len(inside) != len(errors):
         meta["error_steps_past_end"] = [e for e in errors if e > len(steps)]
     out = [Trajectory(id=str(row["idx"]), problem_id=pid, question=question, steps=steps, first_error=first,
-                      correct=None if first is None else False, step_labels=_truth_style(len(steps), first),
+                      correct=None if first is None else False, step_labels=truth_labels(len(steps), first),
                       label_source="human", meta=meta)]
     original = row.get("original_process")
     if isinstance(original, list) and original:

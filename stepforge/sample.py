@@ -9,7 +9,7 @@ from pathlib import Path
 from stepforge.backends.base import Completion, GenerationCost, Policy
 from stepforge.guards import refuse_too_long, too_long
 from stepforge.jobs import Batch, JobStats, run_resumable
-from stepforge.schema import Cost, Problem, Trajectory
+from stepforge.schema import Cost, Problem, Trajectory, truth_labels
 from stepforge.seeds import derive_seed
 from stepforge.tasks import Prompt, Task, prompt_text
 
@@ -72,14 +72,6 @@ def check_prompt_lengths(policy: Policy, problems: Sequence[Problem], task: Task
 def problem_seed(seed: int, problem: Problem, purpose: str = "sample") -> int:
     """The seed of a problem's whole-solution samples in a run seeded ``seed``."""
     return derive_seed(seed, problem.id, purpose)
-
-
-def truth_labels(n_steps: int, first_error: int | None) -> list[float]:
-    """Hard labels from a known first error: steps before it lie on a correct path (1), it and
-    every later step do not (0)."""
-    if first_error is None:
-        return [1.0] * n_steps
-    return [1.0] * first_error + [0.0] * (n_steps - first_error)
 
 
 def sample_trajectories(policy: Policy, problems: Sequence[Problem], task: Task, *, n: int,

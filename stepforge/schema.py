@@ -91,6 +91,14 @@ class StepPair(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+def truth_labels(n_steps: int, first_error: int | None) -> list[float]:
+    """Hard labels from a known first error: steps before it lie on a correct path (1), it and
+    every later step do not (0)."""
+    if first_error is None:
+        return [1.0] * n_steps
+    return [1.0] * first_error + [0.0] * (n_steps - first_error)
+
+
 Record = TypeVar("Record", bound=BaseModel)
 
 

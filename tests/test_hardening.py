@@ -274,7 +274,7 @@ def _flat(text: str) -> str:
 
 def test_train_prm_defaults_come_from_the_config(tmp_path):
     from stepforge.prm.train import PRMTrainConfig
-    from stepforge.sample import truth_labels
+    from stepforge.schema import truth_labels
 
     data = [Trajectory(id=f"t{i}", problem_id="p", question="5 a+1 b*2", steps=["a+1=6", "b*2=12", "Answer: 12"],
                        step_labels=truth_labels(3, None if i % 2 else 1), label_source="truth") for i in range(8)]

@@ -15,8 +15,7 @@ from stepforge.label.methods import label_binary, label_mc, label_truth, problem
 from stepforge.label.quality import consensus, label_quality
 from stepforge.label.rollouts import Query, RolloutEstimator
 from stepforge.label.runner import LabelConfig, label_file
-from stepforge.sample import truth_labels
-from stepforge.schema import Trajectory, read_jsonl, write_jsonl
+from stepforge.schema import Trajectory, read_jsonl, truth_labels, write_jsonl
 from stepforge.worlds.arith import ARITH
 from stepforge.worlds.arith.problems import ArithProblem
 

@@ -2,8 +2,8 @@ import pytest
 
 from stepforge.backends.base import Completion
 from stepforge.eval.sampling import sampling_report, step_error_rate
-from stepforge.sample import sample_to_file, to_trajectory, truth_labels
-from stepforge.schema import Problem, Trajectory, read_jsonl
+from stepforge.sample import sample_to_file, to_trajectory
+from stepforge.schema import Problem, Trajectory, read_jsonl, truth_labels
 from stepforge.search.vote import majority_vote
 from stepforge.tasks import GSM8K
 from stepforge.worlds.arith import ARITH

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from stepforge.backends.base import Policy
 from stepforge.label.methods import _labeled
 from stepforge.label.rollouts import Estimate
-from stepforge.sample import truth_labels
-from stepforge.schema import Trajectory
+from stepforge.schema import Trajectory, truth_labels
 from stepforge.seeds import derive_seed
 from stepforge.tasks import Chat
 

@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stepforge.label.rollouts import Estimate, Query, RolloutEstimator
-from stepforge.sample import truth_labels
-from stepforge.schema import Cost, LabelSource, Problem, Trajectory
+from stepforge.schema import Cost, LabelSource, Problem, Trajectory, truth_labels
 from stepforge.tasks import Task
 
 

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 from stepforge.label.methods import _labeled, binary_search
 from stepforge.label.rollouts import Rollout, RolloutEstimator
-from stepforge.sample import truth_labels
-from stepforge.schema import Trajectory
+from stepforge.schema import Trajectory, truth_labels
 
 
 @dataclass(frozen=True)
