@@ -130,10 +130,16 @@ class World:
     generate: Callable[..., list[Problem]]
     policy_dir: Callable[[str | Path | None], Path | None]  # a trained policy (given dir, shipped, cache)
     load_policy: Callable[[str | Path | None], tuple[Any, Any]]  # (model, tokenizer)
-    train_policy: Callable[..., Path] | None = None  # (out, steps=, seed=, threads=, progress=) -> dir
+    # (out, steps=, seed=, threads=, progress=, style=, corpus=, special_tokens=, record=) -> dir;
+    # corpus: (prompt, completion) pairs instead of fresh problems; special_tokens: added to the
+    # tokenizer (e.g. FIM tokens)
+    train_policy: Callable[..., Path] | None = None
     prm_dir: Path | None = None  # the shipped PRM, if any
     cache_dir: Callable[[], Path] | None = None  # where train_policy writes by default
     defaults: dict[str, Any] = field(default_factory=dict)  # e.g. min_steps / max_steps of its demo
+    # (problem, style) -> the reference solution's steps in one of ``styles`` (oracle corpora)
+    reference_steps: Callable[[Problem, str], list[str]] | None = None
+    styles: tuple[str, ...] = ("terse",)
 
 
 TASKS: dict[str, Task] = {}

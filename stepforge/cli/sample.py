@@ -35,7 +35,9 @@ from stepforge.cli.common import (
 )
 
 
-def train_world_policy(out: Path, steps: int, seed: int, threads: int, world_name: str | None = None) -> Path:
+def train_world_policy(out: Path, steps: int, seed: int, threads: int, world_name: str | None = None,
+                       **options) -> Path:
+    """``world.train_policy`` with a progress bar; ``options``: style, corpus, special_tokens, record."""
     from stepforge.tasks import get_world
 
     world = get_world(world_name)
@@ -48,7 +50,7 @@ def train_world_policy(out: Path, steps: int, seed: int, threads: int, world_nam
             if step % 25 == 0 or step == total:
                 bar.update(task, completed=step, rate=f"loss {loss:.3f}")
 
-        return world.train_policy(out, steps=steps, seed=seed, threads=threads, progress=tick)
+        return world.train_policy(out, steps=steps, seed=seed, threads=threads, progress=tick, **options)
 
 
 @command("train-world")
@@ -56,6 +58,10 @@ def train_world(
     out: Annotated[Path | None, typer.Option(help="output dir (default: the user cache)")] = None,
     steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 2000,
     seed: int = 0,
+    style: Annotated[str, typer.Option(help="solution style of the drawn problems (arith: terse | detailed)")]
+    = "terse",
+    corpus: Annotated[Path | None, typer.Option(help="train on these trajectories' steps (e.g. `stepforge "
+                                                     "expand` output) instead of fresh problems")] = None,
     threads: Threads = 1,
 ) -> None:
     """Train the built-in world's tiny policy from scratch on CPU (about 2 min on 2 cores)."""
@@ -63,7 +69,18 @@ def train_world(
 
     quiet_hf(threads)
     world = get_world()
-    where = train_world_policy(out or world.cache_dir(), steps, seed, threads)
+    if style not in world.styles:
+        raise ValueError(f"world {world.name!r} has no style {style!r}; choose from {', '.join(world.styles)}")
+    options: dict = {"style": style}
+    if corpus is not None:
+        from stepforge.runs import fingerprint
+        from stepforge.schema import Problem, Trajectory, read_records
+
+        task = world.task
+        options["corpus"] = [(task.build_prompt(Problem(id=t.problem_id, question=t.question, answer="")),
+                              task.solution_text(t.steps)) for t in read_records(corpus, Trajectory)]
+        options["record"] = {"corpus": {"file": str(corpus), **fingerprint(corpus)}}
+    where = train_world_policy(out or world.cache_dir(), steps, seed, threads, **options)
     console.print(f"saved policy to [bold]{where}[/bold]")
 
 

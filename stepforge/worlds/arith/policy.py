@@ -12,14 +12,14 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from stepforge.worlds.arith.problems import ArithConfig, sample_problem
+from stepforge.worlds.arith.problems import STYLES, ArithConfig, sample_problem
 from stepforge.worlds.arith.tokenizer import build_tokenizer
 
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoint"
@@ -48,7 +48,12 @@ class PolicyTrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     threads: int = 1
+    style: str = "terse"  # solution style of freshly drawn problems (problems.STYLES)
     world: ArithConfig = field(default_factory=lambda: ArithConfig(min_steps=2, max_steps=12))
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"unknown solution style {self.style!r}; expected one of {STYLES}")
 
 
 def build_model(cfg: PolicyTrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
@@ -63,14 +68,35 @@ def build_model(cfg: PolicyTrainConfig, tokenizer: PreTrainedTokenizerFast) -> L
     return LlamaForCausalLM(config)
 
 
-def training_batch(rng: random.Random, cfg: PolicyTrainConfig, tokenizer: PreTrainedTokenizerFast
-                   ) -> dict[str, torch.Tensor]:
-    """Right-padded batch of ``<s>question\\nsolution</s>`` with loss on the solution and EOS only."""
-    ids, labels = [], []
-    for _ in range(cfg.batch_size):
+Example = tuple[str, str]  # (prompt, completion): loss on the completion and EOS only
+
+
+def drawn_examples(rng: random.Random, cfg: PolicyTrainConfig) -> Iterator[Example]:
+    """Fresh problems forever: ``question\\n`` -> solution in ``cfg.style``."""
+    while True:
         p = sample_problem(rng, cfg.world)
-        prompt = tokenizer(p.question + "\n").input_ids  # includes <s>
-        answer = [*tokenizer(p.solution, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+        yield p.question + "\n", p.solution_in(cfg.style)
+
+
+def corpus_examples(corpus: Sequence[Example], seed: int) -> Iterator[Example]:
+    """A fixed corpus, reshuffled (seeded) each epoch, forever."""
+    if not corpus:
+        raise ValueError("empty training corpus")
+    order = list(range(len(corpus)))
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(order)
+        yield from (corpus[i] for i in order)
+
+
+def training_batch(examples: Iterator[Example], batch_size: int, tokenizer: PreTrainedTokenizerFast
+                   ) -> dict[str, torch.Tensor]:
+    """Right-padded batch of ``<s>prompt completion</s>`` with loss on the completion and EOS only."""
+    ids, labels = [], []
+    for _ in range(batch_size):
+        prompt_text, completion = next(examples)
+        prompt = tokenizer(prompt_text).input_ids  # includes <s>
+        answer = [*tokenizer(completion, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
         ids.append(prompt + answer)
         labels.append([-100] * len(prompt) + answer)
     width = max(map(len, ids))
@@ -81,11 +107,18 @@ def training_batch(rng: random.Random, cfg: PolicyTrainConfig, tokenizer: PreTra
 
 
 def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
-                 progress: Callable[[int, int, float], None] | None = None) -> Path:
-    """Train from scratch and ``save_pretrained`` model + tokenizer into ``out_dir``."""
+                 progress: Callable[[int, int, float], None] | None = None,
+                 corpus: Sequence[Example] | None = None, tokenizer: PreTrainedTokenizerFast | None = None,
+                 record: dict | None = None) -> Path:
+    """Train from scratch and ``save_pretrained`` model + tokenizer into ``out_dir``.
+
+    Examples are fresh problems in ``cfg.style``, or ``corpus`` (prompt, completion) pairs
+    cycled in seeded epochs; ``tokenizer`` (e.g. :func:`build_fim_tokenizer`) replaces the
+    world's; ``record`` is added to the saved training record (say what the corpus was).
+    """
     cfg = cfg or PolicyTrainConfig()
     torch.set_num_threads(cfg.threads)
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     model = build_model(cfg, tokenizer)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
@@ -96,10 +129,13 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
         return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    rng = random.Random(cfg.seed)
-    start, ema = time.perf_counter(), None
+    examples = (corpus_examples(corpus, cfg.seed) if corpus is not None
+                else drawn_examples(random.Random(cfg.seed), cfg))
+    start, ema, tokens = time.perf_counter(), None, 0
     for step in range(cfg.steps):
-        loss = model(**training_batch(rng, cfg, tokenizer)).loss
+        batch = training_batch(examples, cfg.batch_size, tokenizer)
+        tokens += int((batch["labels"] != -100).sum())
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -113,9 +149,10 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    record = {"config": _jsonable(asdict(cfg)), "final_loss_ema": ema, "train_seconds": time.perf_counter() - start,
-              "torch_threads": cfg.threads, "command": " ".join(sys.argv)}
-    (tmp / TRAIN_RECORD).write_text(json.dumps(record, indent=2))
+    info = {"config": _jsonable(asdict(cfg)), "final_loss_ema": ema, "train_seconds": time.perf_counter() - start,
+            "completion_tokens": tokens, "torch_threads": cfg.threads, "command": " ".join(sys.argv),
+            **({"corpus": f"{len(corpus)} examples"} if corpus is not None else {}), **(record or {})}
+    (tmp / TRAIN_RECORD).write_text(json.dumps(info, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # atomic publish: a killed training run never leaves a half-written policy
     return out

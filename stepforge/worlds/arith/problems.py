@@ -11,6 +11,11 @@ step a line, running value last, then ``Answer: N``::
     Answer: 67                <- step T (the answer is a step too)
 
 Tags make "which operation is step i" a content match for a tiny model (DESIGN.md §3).
+
+The *detailed* style adds a partial-product line before each multiplication whose input is
+>= 10 (``b 34*3=90+12`` before ``b*3=102``). Such a line is optional: the checker accepts a
+solution with or without it, checks it on its own (the running value, both partial products)
+and gives it its own step label; it never shifts which terse step is which.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ OPERATORS = "+-*"
 ANSWER_PREFIX = "Answer:"
 _STEP_RE = re.compile(r"^([a-p])([+\-*])(\d)=(\d+)$")
 _ANSWER_RE = re.compile(r"^Answer:\s*(-?\d+)\s*$")
+_DETAIL_RE = re.compile(r"^([a-p]) (\d+)\*(\d)=(\d+)\+(\d+)$")
+STYLES = ("terse", "detailed")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,22 @@ class ArithProblem:
     @property
     def solution(self) -> str:
         return "\n".join(self.steps)
+
+    @property
+    def detailed_steps(self) -> list[str]:
+        """``steps`` with a partial-product line before each multiplication of a value >= 10."""
+        out, before = [], self.start
+        for i, (step, (op, k)) in enumerate(zip(self.steps, self.ops, strict=False)):
+            if op == "*" and (line := detail_line(TAGS[i], before, k)) is not None:
+                out.append(line)
+            out.append(step)
+            before = self.values[i]
+        return [*out, self.steps[-1]]
+
+    def solution_in(self, style: str = "terse") -> str:
+        if style not in STYLES:
+            raise ValueError(f"unknown solution style {style!r}; expected one of {STYLES}")
+        return "\n".join(self.steps if style == "terse" else self.detailed_steps)
 
     def to_problem(self, problem_id: str) -> Problem:
         return Problem(id=problem_id, question=self.question, answer=str(self.answer),
@@ -147,18 +170,62 @@ def parse_question(question: str) -> ArithProblem:
     return ArithProblem(start=int(tokens[0]), ops=tuple(ops))
 
 
+def detail_line(tag: str, value: int, factor: int) -> str | None:
+    """The partial-product line of ``value*factor`` (``b 34*3=90+12``); None below 10."""
+    if value < 10:
+        return None
+    tens, units = divmod(value, 10)
+    return f"{tag} {value}*{factor}={tens * 10 * factor}+{units * factor}"
+
+
+def is_detail_line(step: str) -> bool:
+    return bool(_DETAIL_RE.match(step.strip()))
+
+
+def step_operations(question: str, steps: list[str]) -> list[int | None]:
+    """Per step, the index of the operation it belongs to on the true path (a partial-product
+    line belongs to the multiplication after it; the answer line to ``len(ops)``), up to and
+    including the first wrong step; None past it."""
+    problem = parse_question(question)
+    wrong = first_error(question, steps)
+    out: list[int | None] = []
+    j = 0
+    for i, step in enumerate(steps):
+        if wrong is not None and i > wrong:
+            out.append(None)
+            continue
+        out.append(j)
+        if not is_detail_line(step):
+            j = min(j + 1, len(problem.ops))
+    return out
+
+
 def first_error(question: str, steps: list[str]) -> int | None:
     """Index of the first wrong step against the exact solution path, None if none is wrong.
 
-    Step i < T must read ``{tag_i}{op_i}{k_i}={true value_i}``; step T must be ``Answer: {answer}``.
-    Any step past T is wrong. A chain that stops early with every step right has no wrong
-    step (it is incomplete, not wrong): callers see that through ``correct``.
+    Terse step j < T must read ``{tag_j}{op_j}{k_j}={true value_j}``; step T must be
+    ``Answer: {answer}``; any step past T is wrong. A partial-product line may stand right
+    before a multiplication step j of a true value v >= 10 and must then read
+    ``detail_line(tag_j, v, k_j)`` (at most one per multiplication). A chain that stops early
+    with every step right has no wrong step (it is incomplete, not wrong): callers see that
+    through ``correct``.
     """
     problem = parse_question(question)
     expected = problem.steps
-    for i, step in enumerate(steps):
-        if i >= len(expected) or step.strip() != expected[i]:
+    j, detailed = 0, False
+    for i, raw in enumerate(steps):
+        step = raw.strip()
+        if is_detail_line(step):
+            before = problem.values[j - 1] if j else problem.start
+            ok = (not detailed and j < len(problem.ops) and problem.ops[j][0] == "*"
+                  and step == detail_line(TAGS[j], before, problem.ops[j][1]))
+            if not ok:
+                return i
+            detailed = True
+            continue
+        if j >= len(expected) or step != expected[j]:
             return i
+        j, detailed = j + 1, False
     return None
 
 

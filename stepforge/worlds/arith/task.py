@@ -55,14 +55,24 @@ def _cache_dir() -> Path:
     return default_cache_dir()
 
 
-def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None) -> Path:
+def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None,
+                  style: str = "terse", corpus=None, special_tokens: tuple[str, ...] = (),
+                  record: dict | None = None) -> Path:
     from stepforge.worlds.arith.policy import PolicyTrainConfig, train_policy
+    from stepforge.worlds.arith.tokenizer import build_tokenizer_with
 
-    return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads), progress=progress)
+    tokenizer = build_tokenizer_with(special_tokens) if special_tokens else None
+    return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads, style=style),
+                        progress=progress, corpus=corpus, tokenizer=tokenizer, record=record)
+
+
+def _reference_steps(problem: Problem, style: str = "terse") -> list[str]:
+    return arith.parse_question(problem.question).solution_in(style).split("\n")
 
 
 ARITH_WORLD = register_world(World(
     name="arith", task=ARITH, generate=generate, policy_dir=_policy_dir, load_policy=_load_policy,
     train_policy=_train_policy, cache_dir=lambda: _cache_dir(), prm_dir=Path(__file__).parent / "prm",
     defaults={"min_steps": 4, "max_steps": 6, "search_min_steps": 6, "search_max_steps": 8},
+    reference_steps=_reference_steps, styles=arith.STYLES,
 ))

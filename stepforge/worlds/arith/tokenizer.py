@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from stepforge.worlds.arith.problems import ANSWER_PREFIX, OPERATORS, TAGS
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")  # the step expander's (stepforge.expand)
 
 
 def vocabulary() -> list[str]:
@@ -35,3 +36,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab[BOS])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    unk_token=UNK, padding_side="left")
+
+
+def build_tokenizer_with(special_tokens: tuple[str, ...] | list[str] = FIM_TOKENS) -> PreTrainedTokenizerFast:
+    """The world tokenizer plus ``special_tokens`` (default: the three FIM tokens), with ids after
+    the vocabulary; decoding with ``skip_special_tokens`` drops them. A fresh object."""
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(build_tokenizer().backend_tokenizer.to_str()),
+                                  bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left")
+    if special_tokens:
+        tok.add_special_tokens({"additional_special_tokens": list(special_tokens)})
+    return tok

@@ -1,0 +1,1 @@
+"""Step expansion: new intermediate steps inserted into solutions (MathFimer), checked where a checker exists."""

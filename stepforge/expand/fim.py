@@ -1,0 +1,98 @@
+"""Fill-in-the-middle step expansion (MathFimer, arXiv 2502.11684): pure text functions.
+
+A solution Y = (y_1..y_n) is cut at step i into prefix P = y_<i, middle M = y_i and suffix
+S = y_>i. Training text, PSM order, loss on M and EOS only::
+
+    <fim_prefix> Q P <fim_suffix> S <fim_middle> M </s>
+
+Expansion asks, at every gap before y_i, for a step ŷ = FIM(Q, y_<i, y_>=i) and inserts it
+unless it is empty, states the answer, is near-identical to y_i (similarity > η = 0.8) or,
+with a checker, is wrong. Original steps never change, so the answer never does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+DropReason = Literal["empty", "answer_line", "redundant", "wrong"]
+DROP_REASONS: tuple[DropReason, ...] = ("empty", "answer_line", "redundant", "wrong")
+ETA = 0.8  # MathFimer's similarity threshold
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    prefix: str
+    suffix: str
+    middle: str
+
+
+# Checked against a tokenizer by fim_tokens_of, never assumed: each must be one known token.
+KNOWN_FIM_TOKENS = (
+    FimTokens("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5 / Qwen2.5-Coder
+    FimTokens("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, the world expander
+)
+
+
+def fim_tokens_of(tokenizer) -> FimTokens | None:
+    """The tokenizer's own FIM tokens: the first known set whose three strings each encode to
+    exactly one token id that is not the unknown token; None when it has none."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for tokens in KNOWN_FIM_TOKENS:
+        ids = [tokenizer.encode(t, add_special_tokens=False) for t in (tokens.prefix, tokens.suffix, tokens.middle)]
+        if all(len(i) == 1 and i[0] != unk for i in ids):
+            return tokens
+    return None
+
+
+def fim_prompt(tokens: FimTokens, question: str, prefix: Sequence[str], suffix: Sequence[str],
+               sep: str = "\n") -> str:
+    """``<pre> Q sep y_1 sep .. y_{i-1} sep <suf> y_i sep .. y_n <mid>`` (the middle follows)."""
+    head = question.rstrip(sep) + sep + "".join(s + sep for s in prefix)
+    return f"{tokens.prefix}{head}{tokens.suffix}{sep.join(suffix)}{tokens.middle}"
+
+
+def fim_examples(question: str, steps: Sequence[str], tokens: FimTokens, rng: random.Random, draws: int = 3,
+                 sep: str = "\n") -> list[tuple[str, str]]:
+    """(prompt, middle) training pairs: ``draws`` distinct random cut points of one solution."""
+    cuts = rng.sample(range(len(steps)), min(draws, len(steps)))
+    return [(fim_prompt(tokens, question, steps[:i], steps[i + 1:], sep), steps[i]) for i in cuts]
+
+
+def similarity(a: str, b: str) -> float:
+    """``difflib.SequenceMatcher`` ratio of the stripped texts (1.0 = identical)."""
+    return difflib.SequenceMatcher(None, a.strip(), b.strip()).ratio()
+
+
+def drop_reason(candidate: str, next_step: str, *, eta: float = ETA,
+                is_final_step: Callable[[str], bool] = lambda s: False,
+                is_right: Callable[[], bool | None] | None = None) -> DropReason | None:
+    """Why the candidate step before ``next_step`` is dropped, or None to insert it.
+
+    In order: empty; states the answer (it could change the solution's answer); similarity to
+    ``next_step`` above ``eta``; ``is_right()`` (the checker, if any) says False.
+    """
+    step = candidate.strip()
+    if not step:
+        return "empty"
+    if is_final_step(step):
+        return "answer_line"
+    if similarity(step, next_step) > eta:
+        return "redundant"
+    if is_right is not None and is_right() is False:
+        return "wrong"
+    return None
+
+
+def insert_steps(steps: Sequence[str], inserted: dict[int, str]) -> tuple[list[str], list[int]]:
+    """``steps`` with ``inserted[i]`` placed before ``steps[i]``; also the new lines' indices."""
+    out, where = [], []
+    for i, step in enumerate(steps):
+        if i in inserted:
+            where.append(len(out))
+            out.append(inserted[i].strip())
+        out.append(step)
+    return out, where
