@@ -1,4 +1,4 @@
-"""Policy-training commands: pairs, train-dpo, rl."""
+"""Policy-training commands: pairs, train-dpo, train-sft, rl."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from stepforge.cli.common import (
     Backend,
     BaseUrl,
+    ChatFlag,
     Device,
     Dtype,
     Model,
@@ -24,6 +25,7 @@ from stepforge.cli.common import (
     publish_dir,
     quiet_hf,
     refuse_existing,
+    resolve_task,
 )
 
 
@@ -111,6 +113,51 @@ def train_dpo_cmd(
     publish_dir(save, out, overwrite=True)
     console.print(f"trained on {len(data)} pairs; saved to [bold]{out}[/bold] (use it with --backend transformers "
                   f"--model {out})")
+
+
+@command("train-sft")
+def train_sft_cmd(
+    input: Annotated[Path, typer.Option("--input", "-i", help="trajectories to imitate (JSONL or Parquet)")],
+    out: Annotated[Path, typer.Option(help="output policy directory")],
+    policy: Annotated[str | None, typer.Option(help="model dir to start from (default: the world policy)")] = None,
+    task: Annotated[str, typer.Option(help="the task whose prompt and solution format to train")] = "arith",
+    chat: ChatFlag = None,
+    lr: Annotated[float, typer.Option(min=0.0)] = 2e-5,
+    epochs: Annotated[float, typer.Option(min=0.01)] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="stop after this many steps (-1: the epochs)")] = -1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_length: Annotated[int, typer.Option(min=8, help="tokens of prompt + solution; longer rows are cut")] = 1024,
+    lora_rank: Annotated[int, typer.Option(min=0, help="> 0: LoRA of this rank (peft), merged into the saved model")]
+    = 0,
+    seed: int = 0,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="float32 (default for training) | bfloat16 | float16 | auto")]
+    = "float32",
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """Fine-tune a policy on trajectories (e.g. `stepforge expand` output vs the original) with
+    TRL's SFTTrainer, loss on the solution only, and save it."""
+    from stepforge.backends.device import load_causal_lm
+    from stepforge.schema import Trajectory, read_records
+    from stepforge.train.sft import SFTSettings, train_sft
+
+    quiet_hf(threads)
+    refuse_existing(out, overwrite)
+    data = read_records(input, Trajectory)
+    model, tok = load_causal_lm(_policy_dir(policy), device, dtype)
+    chosen = resolve_task(task, "", chat if chat is not None else False)
+    settings = SFTSettings(lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, max_length=max_length,
+                           seed=seed, lora_rank=lora_rank)
+    trained, _ = train_sft(model, tok, data, chosen, settings)
+
+    def save(where: Path) -> None:
+        trained.save_pretrained(where)
+        tok.save_pretrained(where)
+
+    publish_dir(save, out, overwrite=True)
+    console.print(f"trained on {len(data)} trajectories; saved to [bold]{out}[/bold] (use it with --backend "
+                  f"transformers --model {out})")
 
 
 @command()
