@@ -28,6 +28,7 @@ import statistics
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from _common import quiet_cpu
@@ -66,10 +67,14 @@ def train_expander(work: Path, fim_source: list, args) -> Path:
     rng = random.Random(0)
     tokens = KNOWN_FIM_TOKENS[1]
     assert (tokens.prefix, tokens.suffix, tokens.middle) == FIM_TOKENS
-    corpus = [ex for p in fim_source
-              for ex in fim_examples(p.question, WORLD.reference_steps(p, "detailed"), tokens, rng, draws=3)]
+    corpus = [ex for p in fim_source for ex in fim_examples(p.question, WORLD.reference_steps(p, "detailed"), tokens,
+                                                            rng, draws=3, order=args.fim_order)]
+    init = None if args.init_from == "scratch" else str(WORLD.policy_dir(None) if args.init_from == "policy"
+                                                         else args.init_from)
     WORLD.train_policy(out, steps=args.expander_steps, seed=0, threads=1, corpus=corpus, special_tokens=FIM_TOKENS,
-                       record={"corpus": f"FIM examples (3 cuts) of {len(fim_source)} detailed solutions"})
+                       batch_size=args.expander_batch, lr=args.expander_lr, prompt_loss=args.prompt_loss,
+                       init_from=init, record={"corpus": f"FIM examples (3 cuts, {args.fim_order}) of "
+                                                         f"{len(fim_source)} detailed solutions"})
     return out
 
 
@@ -79,6 +84,7 @@ def terse_records(corpus: list) -> list[Trajectory]:
 
 
 def expand(expander: Path, records: list[Trajectory], path: Path, config: ExpandConfig) -> list[Trajectory]:
+    config = replace(config, max_new_tokens=16)  # a world step is at most 12 tokens
     policy = TransformersPolicy.from_pretrained(expander, device="cpu", dtype="float32")
     tokens = fim_tokens_of(policy.tokenizer)
     expand_to_file(policy, records, TASK, path, config, tokens)
@@ -172,7 +178,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/bench/step_expansion"))
     ap.add_argument("--corpus", type=int, default=32_000)
     ap.add_argument("--fim-problems", type=int, default=16_000)
-    ap.add_argument("--expander-steps", type=int, default=3000)
+    ap.add_argument("--expander-steps", type=int, default=800)
+    ap.add_argument("--expander-batch", type=int, default=32)
+    ap.add_argument("--expander-lr", type=float, default=1e-3)
+    ap.add_argument("--fim-order", choices=("psm", "spm"), default="spm")
+    ap.add_argument("--prompt-loss", action="store_true", help="expander: loss on prefix and suffix tokens too")
+    ap.add_argument("--init-from", default="policy", help="expander start: policy (the world policy) | scratch | DIR")
     ap.add_argument("--held-out", type=int, default=600)
     ap.add_argument("--samples", type=int, default=4, help="samples per held-out problem at T = 1")
     ap.add_argument("--steps", type=int, default=2000, help="policy training steps (terse token-matched: more)")
@@ -189,14 +200,14 @@ def main() -> None:
     t_expander = time.perf_counter() - t0
 
     expanded = expand(expander, terse_records(corpus), args.work / "expanded.jsonl",
-                      ExpandConfig(batch_trajectories=256))
+                      ExpandConfig(batch_trajectories=256, fim_order=args.fim_order))
     t_expand = time.perf_counter() - t0 - t_expander
     rounds = {}
     subset = terse_records(corpus[:args.rounds_problems])
     for check in (False, True):
         name = "checked" if check else "unchecked"
         rows = expand(expander, subset, args.work / f"rounds-{name}.jsonl",
-                      ExpandConfig(rounds=3, check=check, batch_trajectories=256))
+                      ExpandConfig(rounds=3, check=check, batch_trajectories=256, fim_order=args.fim_order))
         rounds[name] = insert_stats(rows)
     answers_kept = all(TASK.answer_of(t.steps) == p.answer for t, p in zip(expanded, corpus, strict=True))
 

@@ -71,6 +71,13 @@ def test_fim_prompt_layout_is_prefix_suffix_middle():
     assert first_gap == "<fim_prefix>40 a-6 b*2\n<fim_suffix>a-6=34\nb*2=68\nAnswer: 68<fim_middle>"
 
 
+def test_spm_order_puts_the_prefix_next_to_the_middle():
+    prompt = fim_prompt(TOKENS, "40 a-6 b*2\n", ["a-6=34"], ["b*2=68", "Answer: 68"], order="spm")
+    assert prompt == "<fim_suffix>b*2=68\nAnswer: 68<fim_prefix>40 a-6 b*2\na-6=34\n<fim_middle>"
+    with pytest.raises(ValueError, match="FIM order"):
+        fim_prompt(TOKENS, "q", [], ["s"], order="pms")
+
+
 def test_fim_examples_cut_distinct_steps_and_the_middle_is_the_cut_step():
     steps = ["a-6=34", "b 34*2=60+8", "b*2=68", "Answer: 68"]
     examples = fim_examples("40 a-6 b*2", steps, TOKENS, random.Random(0), draws=3)
@@ -84,6 +91,10 @@ def test_world_fim_tokens_are_found_in_the_tokenizer_and_encode_to_single_ids():
     tok = build_tokenizer_with(FIM_TOKENS)
     assert fim_tokens_of(tok) == TOKENS
     assert fim_tokens_of(build_tokenizer()) is None  # never assumed
+    qwen_style = build_tokenizer_with(("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+    assert fim_tokens_of(qwen_style) == FimTokens("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+    partial = build_tokenizer_with(("<fim_prefix>", "<fim_suffix>"))  # no middle token: not FIM-capable
+    assert fim_tokens_of(partial) is None
     ids = tok(fim_prompt(TOKENS, "40 a-6", [], ["a-6=34"])).input_ids
     assert ids[:2] == [tok.bos_token_id, tok.convert_tokens_to_ids("<fim_prefix>")]
     assert tok.decode(ids, skip_special_tokens=True) == "40 a-6\na-6=34"

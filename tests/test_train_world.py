@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.worlds.arith.policy import PolicyTrainConfig, load_policy, train_policy
 from stepforge.worlds.arith.problems import ArithConfig
@@ -24,3 +26,34 @@ def test_missing_policy_says_how_to_train(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="stepforge train-world"):
         load_policy(tmp_path / "nothing")
+
+
+def test_training_batch_masks_the_prompt_unless_prompt_loss():
+    import itertools
+
+    from stepforge.worlds.arith.policy import training_batch
+    from stepforge.worlds.arith.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    pair = ("4 a+1\n", "a+1=5\nAnswer: 5")
+    n_prompt = len(tok(pair[0]).input_ids)  # <s> 4 space a +1 newline
+    masked = training_batch(itertools.repeat(pair), 1, tok)["labels"][0].tolist()
+    assert masked[:n_prompt] == [-100] * n_prompt and masked[-1] == tok.eos_token_id
+    full = training_batch(itertools.repeat(pair), 1, tok, prompt_loss=True)["labels"][0].tolist()
+    assert full[0] == -100 and full[1:n_prompt] == tok(pair[0]).input_ids[1:] and full[n_prompt:] == masked[n_prompt:]
+
+
+def test_a_policy_can_start_from_trained_weights_with_new_special_tokens(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from stepforge.worlds.arith.policy import SHIPPED_CHECKPOINT, PolicyTrainConfig, train_policy
+    from stepforge.worlds.arith.tokenizer import FIM_TOKENS, build_tokenizer_with
+
+    tok = build_tokenizer_with(FIM_TOKENS)
+    out = train_policy(tmp_path / "fim", PolicyTrainConfig(steps=1, lr=1e-9, init_from=str(SHIPPED_CHECKPOINT)),
+                       corpus=[("<fim_prefix>4 a+1\n<fim_suffix>Answer: 5<fim_middle>", "a+1=5")], tokenizer=tok)
+    base = LlamaForCausalLM.from_pretrained(SHIPPED_CHECKPOINT)
+    grown = LlamaForCausalLM.from_pretrained(out)
+    assert grown.config.vocab_size == len(tok) == base.config.vocab_size + 3
+    old = base.get_input_embeddings().weight
+    assert torch.allclose(grown.get_input_embeddings().weight[:len(old)], old, atol=1e-5)  # kept, lr ~ 0

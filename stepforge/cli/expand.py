@@ -36,6 +36,7 @@ def expand(
     input: Annotated[Path, typer.Option("--input", "-i", help="trajectories to expand (JSONL or Parquet)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="expanded trajectories (JSONL, resumable)")],
     mode: Annotated[str, typer.Option(help="fim: the model's own FIM tokens | prompt: an instruction")] = "fim",
+    fim_order: Annotated[str, typer.Option(help="fim: psm | spm, the order the model was trained in")] = "psm",
     eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="drop a step this similar to the next one")] = 0.8,
     check: Annotated[bool, typer.Option(help="also drop steps the task's checker rejects (exact in worlds, "
                                              "equations elsewhere)")] = False,
@@ -64,7 +65,7 @@ def expand(
     from stepforge.schema import Trajectory, read_records
 
     quiet_hf(threads)
-    config = ExpandConfig(mode=mode, eta=eta, check=check, rounds=rounds,  # type: ignore[arg-type]
+    config = ExpandConfig(mode=mode, fim_order=fim_order, eta=eta, check=check, rounds=rounds,  # type: ignore[arg-type]
                           max_new_tokens=max_new_tokens, batch_trajectories=batch_size)
     records = read_records(input, Trajectory, unique_ids=True)  # an empty or bad input stops here
     policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request,
@@ -80,7 +81,8 @@ def expand(
             raise ValueError(f"{model or backend}: the tokenizer has no FIM tokens (looked for <|fim_prefix|>... "
                              "and <fim_prefix>...); use --mode prompt with an instruct model")
     chosen = resolve_task(task, "", chat, policy) if mode == "prompt" else resolve_task(task, "", False)
-    identity = {"command": "expand", "input": fingerprint(input), "mode": mode, "eta": eta, "check": check,
+    identity = {"command": "expand", "input": fingerprint(input), "mode": mode, "fim_order": fim_order, "eta": eta,
+                "check": check,
                 "rounds": rounds, "task": chosen.name, "chat": chosen.chat, "max_new_tokens": max_new_tokens,
                 "batch_size": batch_size, "policy": policy_identity(backend, model, base_url)}
     claim_output(out, identity, overwrite=overwrite)
@@ -111,6 +113,13 @@ def train_expander(
     style: Annotated[str, typer.Option(help="solution style the expander learns from")] = "detailed",
     draws: Annotated[int, typer.Option(min=1, help="FIM cut points per solution")] = 3,
     steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 3000,
+    order: Annotated[str, typer.Option(help="psm (MathFimer's) | spm (prefix next to the middle)")] = "psm",
+    prompt_loss: Annotated[bool, typer.Option(help="also train on the prefix and suffix tokens, as code FIM "
+                                                   "models do (MathFimer: middle only)")] = False,
+    init_from: Annotated[Path | None, typer.Option(help="start from this policy's weights (e.g. the world policy) "
+                                                        "instead of scratch")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
     seed: Annotated[int, typer.Option(help="problem seed (pick one disjoint from the corpus to expand)")] = 12,
     world: Annotated[str | None, typer.Option(help="built-in world")] = None,
     threads: Threads = 1,
@@ -134,10 +143,12 @@ def train_expander(
     rng = random.Random(seed)
     sep = chosen.task.step_stop
     corpus = [ex for p in chosen.generate(problems, seed=seed, prefix="fim", min_steps=2, max_steps=12)
-              for ex in fim_examples(p.question, chosen.reference_steps(p, style), tokens, rng, draws, sep)]
+              for ex in fim_examples(p.question, chosen.reference_steps(p, style), tokens, rng, draws, sep, order)]
     where = train_world_policy(out, steps, seed, threads, chosen.name, corpus=corpus,
                                special_tokens=(tokens.prefix, tokens.suffix, tokens.middle),
-                               record={"corpus": f"FIM examples ({draws} cuts) of {problems} {style} solutions, "
-                                                 f"problem seed {seed}"})
+                               prompt_loss=prompt_loss, init_from=str(init_from) if init_from else None,
+                               batch_size=batch_size, lr=lr,
+                               record={"corpus": f"FIM examples ({draws} cuts, {order}) of {problems} {style} "
+                                                 f"solutions, problem seed {seed}", "fim_order": order})
     console.print(f"saved expander to [bold]{where}[/bold] (use: stepforge expand --backend transformers "
-                  f"--model {where} --mode fim)")
+                  f"--model {where} --mode fim --fim-order {order})")

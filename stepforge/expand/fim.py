@@ -1,9 +1,13 @@
 """Fill-in-the-middle step expansion (MathFimer, arXiv 2502.11684): pure text functions.
 
 A solution Y = (y_1..y_n) is cut at step i into prefix P = y_<i, middle M = y_i and suffix
-S = y_>i. Training text, PSM order, loss on M and EOS only::
+S = y_>i. Training text, PSM order (MathFimer's), loss on M and EOS only::
 
     <fim_prefix> Q P <fim_suffix> S <fim_middle> M </s>
+
+SPM order (Bavarian et al. 2022), ``<fim_suffix> S <fim_prefix> Q P <fim_middle> M``, puts the
+prefix right before the middle; a small model then reads the running state from the line
+next to the one it writes (bench/step_expansion.py measures both).
 
 Expansion asks, at every gap before y_i, for a step ŷ = FIM(Q, y_<i, y_>=i) and inserts it
 unless it is empty, states the answer, is near-identical to y_i (similarity > η = 0.8) or,
@@ -20,6 +24,8 @@ from typing import Literal
 
 DropReason = Literal["empty", "answer_line", "redundant", "wrong"]
 DROP_REASONS: tuple[DropReason, ...] = ("empty", "answer_line", "redundant", "wrong")
+FimOrder = Literal["psm", "spm"]
+FIM_ORDERS: tuple[FimOrder, ...] = ("psm", "spm")
 ETA = 0.8  # MathFimer's similarity threshold
 
 
@@ -49,17 +55,22 @@ def fim_tokens_of(tokenizer) -> FimTokens | None:
 
 
 def fim_prompt(tokens: FimTokens, question: str, prefix: Sequence[str], suffix: Sequence[str],
-               sep: str = "\n") -> str:
-    """``<pre> Q sep y_1 sep .. y_{i-1} sep <suf> y_i sep .. y_n <mid>`` (the middle follows)."""
+               sep: str = "\n", order: FimOrder = "psm") -> str:
+    """PSM: ``<pre> Q sep y_1 sep .. y_{i-1} sep <suf> y_i sep .. y_n <mid>``; SPM:
+    ``<suf> y_i sep .. y_n <pre> Q sep y_1 sep .. y_{i-1} sep <mid>`` (the middle follows)."""
+    if order not in FIM_ORDERS:
+        raise ValueError(f"unknown FIM order {order!r}; expected one of {FIM_ORDERS}")
     head = question.rstrip(sep) + sep + "".join(s + sep for s in prefix)
+    if order == "spm":
+        return f"{tokens.suffix}{sep.join(suffix)}{tokens.prefix}{head}{tokens.middle}"
     return f"{tokens.prefix}{head}{tokens.suffix}{sep.join(suffix)}{tokens.middle}"
 
 
 def fim_examples(question: str, steps: Sequence[str], tokens: FimTokens, rng: random.Random, draws: int = 3,
-                 sep: str = "\n") -> list[tuple[str, str]]:
+                 sep: str = "\n", order: FimOrder = "psm") -> list[tuple[str, str]]:
     """(prompt, middle) training pairs: ``draws`` distinct random cut points of one solution."""
     cuts = rng.sample(range(len(steps)), min(draws, len(steps)))
-    return [(fim_prompt(tokens, question, steps[:i], steps[i + 1:], sep), steps[i]) for i in cuts]
+    return [(fim_prompt(tokens, question, steps[:i], steps[i + 1:], sep, order), steps[i]) for i in cuts]
 
 
 def similarity(a: str, b: str) -> float:

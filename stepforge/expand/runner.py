@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Literal
 
 from stepforge.backends.base import GenerationCost, Policy
-from stepforge.expand.fim import DROP_REASONS, ETA, FimTokens, drop_reason, fim_prompt, insert_steps
+from stepforge.expand.fim import (
+    DROP_REASONS,
+    ETA,
+    FIM_ORDERS,
+    FimOrder,
+    FimTokens,
+    drop_reason,
+    fim_prompt,
+    insert_steps,
+)
 from stepforge.jobs import Batch, JobStats, run_resumable
 from stepforge.schema import Cost, Problem, Trajectory, truth_labels
 from stepforge.tasks import Chat, Prompt, Task
@@ -30,6 +39,7 @@ EXPAND_INSTRUCTION = ("Below is a problem and the start of a step-by-step soluti
 @dataclass(frozen=True)
 class ExpandConfig:
     mode: ExpandMode = "fim"
+    fim_order: FimOrder = "psm"  # the order the FIM model was trained in
     eta: float = ETA
     check: bool = False  # also drop steps the task's checker rejects (MathFimer + a verifier)
     rounds: int = 1
@@ -39,6 +49,8 @@ class ExpandConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("fim", "prompt"):
             raise ValueError(f"unknown expansion mode {self.mode!r}; expected 'fim' or 'prompt'")
+        if self.fim_order not in FIM_ORDERS:
+            raise ValueError(f"unknown FIM order {self.fim_order!r}; expected one of {FIM_ORDERS}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         if self.rounds < 1:
@@ -86,7 +98,8 @@ def expand_batch(policy: Policy, trajectories: Sequence[Trajectory], task: Task,
     cost = GenerationCost()
     for _ in range(config.rounds):
         gaps = [(k, i) for k, s in enumerate(steps) for i in range(len(s))]
-        prompts = [fim_prompt(tokens, trajectories[k].question, steps[k][:i], steps[k][i:], task.step_stop)
+        prompts = [fim_prompt(tokens, trajectories[k].question, steps[k][:i], steps[k][i:], task.step_stop,
+                              config.fim_order)
                    if config.mode == "fim" else
                    prompted_expansion(task, trajectories[k].question, steps[k][:i], steps[k][i])
                    for k, i in gaps]

@@ -49,6 +49,11 @@ class PolicyTrainConfig:
     seed: int = 0
     threads: int = 1
     style: str = "terse"  # solution style of freshly drawn problems (problems.STYLES)
+    # also train on the prompt's tokens (all but <s>): FIM in the manner of code models
+    # (Bavarian et al. 2022), where the prefix and suffix are supervised too
+    prompt_loss: bool = False
+    # start from this trained model's weights instead of scratch (embeddings grow to the tokenizer)
+    init_from: str | None = None
     world: ArithConfig = field(default_factory=lambda: ArithConfig(min_steps=2, max_steps=12))
 
     def __post_init__(self) -> None:
@@ -89,16 +94,17 @@ def corpus_examples(corpus: Sequence[Example], seed: int) -> Iterator[Example]:
         yield from (corpus[i] for i in order)
 
 
-def training_batch(examples: Iterator[Example], batch_size: int, tokenizer: PreTrainedTokenizerFast
-                   ) -> dict[str, torch.Tensor]:
-    """Right-padded batch of ``<s>prompt completion</s>`` with loss on the completion and EOS only."""
+def training_batch(examples: Iterator[Example], batch_size: int, tokenizer: PreTrainedTokenizerFast,
+                   prompt_loss: bool = False) -> dict[str, torch.Tensor]:
+    """Right-padded batch of ``<s>prompt completion</s>`` with loss on the completion and EOS
+    only (``prompt_loss``: on the prompt after ``<s>`` too)."""
     ids, labels = [], []
     for _ in range(batch_size):
         prompt_text, completion = next(examples)
         prompt = tokenizer(prompt_text).input_ids  # includes <s>
         answer = [*tokenizer(completion, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
         ids.append(prompt + answer)
-        labels.append([-100] * len(prompt) + answer)
+        labels.append([-100, *prompt[1:], *answer] if prompt_loss else [-100] * len(prompt) + answer)
     width = max(map(len, ids))
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
@@ -119,7 +125,13 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
     cfg = cfg or PolicyTrainConfig()
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or build_tokenizer()
-    model = build_model(cfg, tokenizer)
+    if cfg.init_from is not None:
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from)
+        if model.config.vocab_size < len(tokenizer):  # new special tokens (FIM): fresh rows
+            torch.manual_seed(cfg.seed)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    else:
+        model = build_model(cfg, tokenizer)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
@@ -133,7 +145,7 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
                 else drawn_examples(random.Random(cfg.seed), cfg))
     start, ema, tokens = time.perf_counter(), None, 0
     for step in range(cfg.steps):
-        batch = training_batch(examples, cfg.batch_size, tokenizer)
+        batch = training_batch(examples, cfg.batch_size, tokenizer, cfg.prompt_loss)
         tokens += int((batch["labels"] != -100).sum())
         loss = model(**batch).loss
         loss.backward()

@@ -57,12 +57,13 @@ def _cache_dir() -> Path:
 
 def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None,
                   style: str = "terse", corpus=None, special_tokens: tuple[str, ...] = (),
-                  record: dict | None = None) -> Path:
+                  record: dict | None = None, **config) -> Path:
+    """``config``: other PolicyTrainConfig fields (batch_size, lr, hidden_size...)."""
     from stepforge.worlds.arith.policy import PolicyTrainConfig, train_policy
     from stepforge.worlds.arith.tokenizer import build_tokenizer_with
 
     tokenizer = build_tokenizer_with(special_tokens) if special_tokens else None
-    return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads, style=style),
+    return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads, style=style, **config),
                         progress=progress, corpus=corpus, tokenizer=tokenizer, record=record)
 
 
