@@ -75,6 +75,15 @@ def pairs(
     console.print(f"{len(result)} pairs from {len(data)} trajectories with a first error; wrote [bold]{out}[/bold]")
 
 
+def _publish_policy(model, tokenizer, out: Path, what: str) -> None:
+    def save(where: Path) -> None:
+        model.save_pretrained(where)
+        tokenizer.save_pretrained(where)
+
+    publish_dir(save, out, overwrite=True)
+    console.print(f"trained on {what}; saved to [bold]{out}[/bold] (use it with --backend transformers --model {out})")
+
+
 @command("train-dpo")
 def train_dpo_cmd(
     pairs_file: Annotated[Path, typer.Option("--pairs", help="step pairs (JSONL)")],
@@ -105,14 +114,7 @@ def train_dpo_cmd(
         train_orpo(model, tok, data, lr=lr, steps=max(1, int(epochs * len(data) / batch_size)), batch_size=batch_size)
     else:
         train_dpo(model, tok, data, beta=beta, lr=lr, epochs=epochs, sft_weight=sft_weight, batch_size=batch_size)
-
-    def save(where: Path) -> None:
-        model.save_pretrained(where)
-        tok.save_pretrained(where)
-
-    publish_dir(save, out, overwrite=True)
-    console.print(f"trained on {len(data)} pairs; saved to [bold]{out}[/bold] (use it with --backend transformers "
-                  f"--model {out})")
+    _publish_policy(model, tok, out, f"{len(data)} pairs")
 
 
 @command("train-sft")
@@ -150,14 +152,7 @@ def train_sft_cmd(
     settings = SFTSettings(lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, max_length=max_length,
                            seed=seed, lora_rank=lora_rank)
     trained, _ = train_sft(model, tok, data, chosen, settings)
-
-    def save(where: Path) -> None:
-        trained.save_pretrained(where)
-        tok.save_pretrained(where)
-
-    publish_dir(save, out, overwrite=True)
-    console.print(f"trained on {len(data)} trajectories; saved to [bold]{out}[/bold] (use it with --backend "
-                  f"transformers --model {out})")
+    _publish_policy(trained, tok, out, f"{len(data)} trajectories")
 
 
 @command()
