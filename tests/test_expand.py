@@ -176,7 +176,8 @@ def test_expansion_inserts_checked_lines_keeps_the_answer_and_records_what_it_di
     assert plain.steps == ["a-6=34", "b 34*2=60+8", "b*2=68", "c-4=64", "d 64*3=180+13", "d*3=192", "Answer: 192"]
     info = plain.meta["expand"]
     assert info["inserted_at"] == [1, 4] and info["inserted_right"] == [True, False]
-    assert info["rounds"][0]["dropped"] == {"empty": 0, "answer_line": 1, "redundant": 2, "wrong": 0}
+    assert info["rounds"][0]["dropped"] == {"empty": 0, "answer_line": 1, "redundant": 2, "wrong": 0,
+                                                  "answer_risk": 0}
     assert plain.first_error == 4 and plain.step_labels[:4] == [1.0, 1.0, 1.0, 1.0]
     [checked], _ = expand_batch(ScriptedExpander(wrong="d"), [t], ARITH, ExpandConfig(check=True), TOKENS)
     assert checked.steps == ["a-6=34", "b 34*2=60+8", "b*2=68", "c-4=64", "d*3=192", "Answer: 192"]
@@ -242,8 +243,8 @@ def test_prompted_mode_through_an_openai_compatible_server():
         server.shutdown()
     assert out.steps == ["He has 2 * 3 = 6 apples in bags.", "So 2 * 3 = 6 first.", "6 + 1 = 7", "#### 7"]
     assert out.meta["expand"]["inserted_at"] == [1] and cost.generated_tokens == 15
-    assert server.policy.prompts[0].startswith("Below is a problem")
-    assert "Solution so far:\n(none yet)" in server.policy.prompts[0]
+    assert all(p.startswith("Below is a problem") for p in server.policy.prompts)
+    assert sum("Solution so far:\n(none yet)" in p for p in server.policy.prompts) == 1  # the first gap
 
 
 # --- the CLI path on real (tiny, trained-here) models -------------------------------------------
@@ -274,6 +275,11 @@ def test_cli_trains_an_expander_expands_with_its_fim_tokens_and_trains_on_the_re
                         strict=True):
         assert [s for i, s in enumerate(t.steps) if i not in t.meta["expand"]["inserted_at"]] == steps
         assert sum(r["gaps"] for r in t.meta["expand"]["rounds"]) == len(steps)
+    checked = runner.invoke(app, ["expand", "-i", str(data), "-o", str(tmp_path / "mc.jsonl"), "--model",
+                                  str(expander), "--max-new-tokens", "12", "--mc-rollouts", "2", "--solver", "world"])
+    assert checked.exit_code == 0, checked.output
+    assert all("answer_risk" in t.meta["expand"]["rounds"][0]["dropped"]
+               for t in read_jsonl(tmp_path / "mc.jsonl", Trajectory))
     again = runner.invoke(app, [*args, "--eta", "0.5"])  # another run's settings: refused, file kept
     assert again.exit_code == 2 and "eta" in again.output
     # a model without FIM tokens is refused in fim mode, naming the fix
@@ -286,3 +292,29 @@ def test_cli_trains_an_expander_expands_with_its_fim_tokens_and_trains_on_the_re
 
     record = json.loads((policy / "stepforge_train.json").read_text())
     assert record["corpus"]["file"] == str(out) and record["config"]["steps"] == 3
+
+
+class CheckingSolver:
+    """Finishes a world prefix with the right answer unless the prefix holds a wrong step."""
+
+    name = "solver"
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
+        rows = []
+        for prompt in prompts:
+            question, *steps = [x for x in prompt.split("\n") if x]
+            p = parse_question(question)
+            answer = p.answer if first_error(question, steps) is None else p.answer + 1
+            rows.append([Completion(f"Answer: {answer}", 3, "stop", None)] * n)
+        return GenerationResult(rows, GenerationCost(0, 3 * n * len(prompts), len(prompts)))
+
+
+def test_answer_preservation_by_rollouts_drops_a_step_that_derails_the_solver():
+    t = _terse("40 a-6 b*2 c-4 d*3")
+    config = ExpandConfig(mc_rollouts=4)
+    [out], cost = expand_batch(ScriptedExpander(wrong="d"), [t], ARITH, config, TOKENS, CheckingSolver())
+    assert out.steps == ["a-6=34", "b 34*2=60+8", "b*2=68", "c-4=64", "d*3=192", "Answer: 192"]
+    assert out.meta["expand"]["rounds"][0]["dropped"]["answer_risk"] == 1
+    assert cost.generated_tokens == 3 * 5 + 3 * 4 * 4  # the expander's five gaps, 4 rollouts x 4 prefixes
+    with pytest.raises(ValueError, match="solver"):
+        expand_batch(ScriptedExpander(), [t], ARITH, config, TOKENS)

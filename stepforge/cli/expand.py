@@ -41,6 +41,11 @@ def expand(
     check: Annotated[bool, typer.Option(help="also drop steps the task's checker rejects (exact in worlds, "
                                              "equations elsewhere)")] = False,
     rounds: Annotated[int, typer.Option(min=1, help="expansion rounds (each sees the last one's steps)")] = 1,
+    mc_rollouts: Annotated[int, typer.Option(min=0, help="answer preservation: k rollouts of --solver from "
+                                                         "prefix + step must succeed as often as from the prefix")]
+    = 0,
+    solver: Annotated[str | None, typer.Option(help="the rollout policy of --mc-rollouts: 'world' or a "
+                                                    "transformers model dir")] = None,
     task: Annotated[str, typer.Option(help="arith | gsm8k | math | a registered task")] = "arith",
     backend: Backend = "transformers",
     model: Model = None,
@@ -66,7 +71,9 @@ def expand(
 
     quiet_hf(threads)
     config = ExpandConfig(mode=mode, fim_order=fim_order, eta=eta, check=check, rounds=rounds,  # type: ignore[arg-type]
-                          max_new_tokens=max_new_tokens, batch_trajectories=batch_size)
+                          max_new_tokens=max_new_tokens, batch_trajectories=batch_size, mc_rollouts=mc_rollouts)
+    if mc_rollouts and solver is None:
+        raise ValueError("--mc-rollouts needs --solver (the policy that rolls out from each prefix)")
     records = read_records(input, Trajectory, unique_ids=True)  # an empty or bad input stops here
     policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request,
                              tokenizer)
@@ -80,11 +87,16 @@ def expand(
         if tokens is None:
             raise ValueError(f"{model or backend}: the tokenizer has no FIM tokens (looked for <|fim_prefix|>... "
                              "and <fim_prefix>...); use --mode prompt with an instruct model")
+    solver_policy = None
+    if mc_rollouts:
+        solver_policy = (make_cli_policy("world", None, None, device, dtype) if solver == "world"
+                         else make_cli_policy("transformers", solver, None, device, dtype))
     chosen = resolve_task(task, "", chat, policy) if mode == "prompt" else resolve_task(task, "", False)
     identity = {"command": "expand", "input": fingerprint(input), "mode": mode, "fim_order": fim_order, "eta": eta,
                 "check": check,
                 "rounds": rounds, "task": chosen.name, "chat": chosen.chat, "max_new_tokens": max_new_tokens,
-                "batch_size": batch_size, "policy": policy_identity(backend, model, base_url)}
+                "batch_size": batch_size, "policy": policy_identity(backend, model, base_url),
+                "mc_rollouts": mc_rollouts, "solver": fingerprint(solver) if mc_rollouts else None}
     claim_output(out, identity, overwrite=overwrite)
     with progress() as bar:
         t = bar.add_task(f"expanding ({mode}{', checked' if check else ''})", total=len(records), rate="")
@@ -95,7 +107,7 @@ def expand(
             generated += cost.generated_tokens
             bar.update(t, advance=done, rate=f"{generated / max(time.perf_counter() - start, 1e-9):,.0f} tok/s")
 
-        stats = expand_to_file(policy, records, chosen, out, config, tokens, on_batch)
+        stats = expand_to_file(policy, records, chosen, out, config, tokens, on_batch, solver_policy)
         bar.update(t, completed=len(records))
     if stats.batches_skipped:
         console.print(f"resumed: {stats.batches_skipped} batches were already expanded")

@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-DropReason = Literal["empty", "answer_line", "redundant", "wrong"]
-DROP_REASONS: tuple[DropReason, ...] = ("empty", "answer_line", "redundant", "wrong")
+# answer_risk: rollouts from the prefix succeed less often with the step (runner, mc_rollouts > 0)
+DropReason = Literal["empty", "answer_line", "redundant", "wrong", "answer_risk"]
+DROP_REASONS: tuple[DropReason, ...] = ("empty", "answer_line", "redundant", "wrong", "answer_risk")
 FimOrder = Literal["psm", "spm"]
 FIM_ORDERS: tuple[FimOrder, ...] = ("psm", "spm")
 ETA = 0.8  # MathFimer's similarity threshold

@@ -26,6 +26,7 @@ from stepforge.expand.fim import (
     insert_steps,
 )
 from stepforge.jobs import Batch, JobStats, run_resumable
+from stepforge.label.rollouts import Query, RolloutEstimator
 from stepforge.schema import Cost, Problem, Trajectory, truth_labels
 from stepforge.tasks import Chat, Prompt, Task
 from stepforge.verify.equations import step_is_arithmetically_valid
@@ -45,6 +46,9 @@ class ExpandConfig:
     rounds: int = 1
     max_new_tokens: int = 64
     batch_trajectories: int = 64
+    # > 0: answer preservation by MC: k rollouts of a solver from prefix + step must succeed at
+    # least as often as from the prefix alone
+    mc_rollouts: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("fim", "prompt"):
@@ -81,14 +85,38 @@ def insertion_is_right(task: Task, problem: Problem | None, steps: Sequence[str]
 
 
 def _problem_of(task: Task, t: Trajectory) -> Problem | None:
-    return task.recover_problem(t.problem_id, t.question) if task.recover_problem else None
+    if task.recover_problem:
+        return task.recover_problem(t.problem_id, t.question)
+    if t.final_answer is not None:  # the trajectory's own answer stands in for the gold one
+        return Problem(id=t.problem_id, question=t.question, answer=t.final_answer)
+    return None
+
+
+def _risky(estimator: RolloutEstimator, candidates: list[tuple[Problem, list[str], str]]
+           ) -> tuple[list[bool], GenerationCost]:
+    """Per (problem, prefix, step): do rollouts from prefix + step succeed less often than from
+    the prefix? One estimator call for all; also what the rollouts cost."""
+    queries = [Query(p, tuple(prefix)) for p, prefix, _ in candidates]
+    queries += [Query(p, (*prefix, step)) for p, prefix, step in candidates]
+    calls = estimator.calls
+    est = estimator.estimate(queries)
+    n = len(candidates)
+    cost = GenerationCost(generated_tokens=sum(e.generated_tokens for e in est),
+                          forward_passes=estimator.calls - calls)
+    return [est[n + j].value < est[j].value for j in range(n)], cost
 
 
 def expand_batch(policy: Policy, trajectories: Sequence[Trajectory], task: Task, config: ExpandConfig,
-                 tokens: FimTokens | None = None) -> tuple[list[Trajectory], GenerationCost]:
-    """One expansion of each trajectory (``config.rounds`` rounds), all gaps of a round in one call."""
+                 tokens: FimTokens | None = None, solver: Policy | None = None
+                 ) -> tuple[list[Trajectory], GenerationCost]:
+    """One expansion of each trajectory (``config.rounds`` rounds), all gaps of a round in one
+    call; ``solver`` samples the rollouts of ``config.mc_rollouts``."""
     if config.mode == "fim" and tokens is None:
         raise ValueError("fim mode needs the model's FIM tokens (see stepforge.expand.fim.fim_tokens_of)")
+    if config.mc_rollouts and solver is None:
+        raise ValueError("mc_rollouts needs a solver policy to roll out from the prefixes")
+    estimator = (RolloutEstimator(solver, task, config.mc_rollouts, max_new_tokens=256)
+                 if config.mc_rollouts and solver is not None else None)
     problems = [_problem_of(task, t) for t in trajectories]
     steps = [list(t.steps) for t in trajectories]
     # per step: "own" (the trajectory's), else the inserted line's exact rightness (None: unknown)
@@ -109,6 +137,7 @@ def expand_batch(policy: Policy, trajectories: Sequence[Trajectory], task: Task,
         inserted: list[dict[int, str]] = [{} for _ in trajectories]
         right: list[dict[int, bool | None]] = [{} for _ in trajectories]
         stats = [Counter() for _ in trajectories]
+        survivors: list[tuple[int, int, str]] = []
         for (k, i), row in zip(gaps, result.completions if result else [], strict=True):
             candidate = row[0].text.strip()
             generated[k] += row[0].tokens
@@ -120,7 +149,17 @@ def expand_batch(policy: Policy, trajectories: Sequence[Trajectory], task: Task,
             stats[k]["gaps"] += 1
             if reason is not None:
                 stats[k][reason] += 1
-                continue
+            else:
+                survivors.append((k, i, candidate))
+        if estimator is not None:
+            judged = [(k, i, c) for k, i, c in survivors if problems[k] is not None]
+            risky, rollout_cost = _risky(estimator, [(problems[k], steps[k][:i], c) for k, i, c in judged])
+            dropped = {(k, i) for (k, i, _), r in zip(judged, risky, strict=True) if r}
+            for k, _ in dropped:
+                stats[k]["answer_risk"] += 1
+            survivors = [s for s in survivors if (s[0], s[1]) not in dropped]
+            cost = cost + rollout_cost
+        for k, i, candidate in survivors:
             inserted[k][i] = candidate
             stats[k]["inserted"] += 1
             if problems[k] is not None and task.truth_is_exact:
@@ -165,7 +204,8 @@ def _expanded(task: Task, t: Trajectory, problem: Problem | None, steps: list[st
 
 def expand_to_file(policy: Policy, trajectories: Sequence[Trajectory], task: Task, path: str | Path,
                    config: ExpandConfig, tokens: FimTokens | None = None,
-                   on_batch: Callable[[int, GenerationCost], None] | None = None) -> JobStats:
+                   on_batch: Callable[[int, GenerationCost], None] | None = None,
+                   solver: Policy | None = None) -> JobStats:
     """Expand into a JSONL file (same ids as the input), one fsync'd append per batch; a restart
     resumes after the last complete batch. ``on_batch(trajectories done, cost)`` after each."""
     size = config.batch_trajectories
@@ -173,7 +213,7 @@ def expand_to_file(policy: Policy, trajectories: Sequence[Trajectory], task: Tas
                for b, i in enumerate(range(0, len(trajectories), size))]
 
     def process(batch: Batch[Trajectory]) -> list[Trajectory]:
-        records, cost = expand_batch(policy, batch.items, task, config, tokens)
+        records, cost = expand_batch(policy, batch.items, task, config, tokens, solver)
         if on_batch:
             on_batch(len(records), cost)
         return records
