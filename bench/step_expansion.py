@@ -7,7 +7,7 @@ Stages (cached under --work; delete a stage's output to redo it):
 2. expander: the world Llama with three FIM tokens, trained from scratch on FIM examples
    (3 cut points each) of the *detailed* solutions of the FIM-source problems.
 3. expansion of the terse corpus, one round, greedy at every gap, η = 0.8
-   (stepforge.expand.runner). "+check" keeps only the inserted lines the world checker
+   (stepforge.data.expand). "+check" keeps only the inserted lines the world checker
    accepts; for one round this is exactly the unchecked output minus the rejected lines
    (all gaps of a round are generated from the same solution), so it is derived, not rerun.
    Rounds 1–3 are run with and without the check on a subset (--rounds-problems).
@@ -34,8 +34,8 @@ from pathlib import Path
 from _common import quiet_cpu
 
 from stepforge.backends.transformers_backend import TransformersPolicy
-from stepforge.expand.fim import KNOWN_FIM_TOKENS, fim_examples, fim_tokens_of
-from stepforge.expand.runner import ExpandConfig, expand_to_file
+from stepforge.data.expand import ExpandConfig, expand_to_file
+from stepforge.data.fim import KNOWN_FIM_TOKENS, fim_examples, fim_tokens_of
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Trajectory, read_jsonl
 from stepforge.tasks import get_world

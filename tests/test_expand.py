@@ -8,7 +8,8 @@ import pytest
 from stepforge.backends.base import Completion, GenerationCost, GenerationResult
 from stepforge.backends.openai_backend import OpenAIPolicy
 from stepforge.backends.server import PolicyServer, serve_in_thread
-from stepforge.expand.fim import (
+from stepforge.data.expand import ExpandConfig, expand_batch, expand_to_file, insertion_is_right
+from stepforge.data.fim import (
     FimTokens,
     drop_reason,
     fim_examples,
@@ -17,7 +18,6 @@ from stepforge.expand.fim import (
     insert_steps,
     similarity,
 )
-from stepforge.expand.runner import ExpandConfig, expand_batch, expand_to_file, insertion_is_right
 from stepforge.schema import Trajectory, read_jsonl
 from stepforge.tasks import GSM8K, get_world
 from stepforge.worlds.arith import ARITH

@@ -64,8 +64,8 @@ def expand(
 ) -> None:
     """Insert new intermediate steps into every trajectory (original steps and answers never
     change); re-running resumes where it stopped."""
-    from stepforge.expand.fim import fim_tokens_of
-    from stepforge.expand.runner import ExpandConfig, expand_to_file
+    from stepforge.data.expand import ExpandConfig, expand_to_file
+    from stepforge.data.fim import fim_tokens_of
     from stepforge.runs import claim_output, fingerprint
     from stepforge.schema import Trajectory, read_records
 
@@ -142,7 +142,7 @@ def train_expander(
     import random
 
     from stepforge.cli.sample import train_world_policy
-    from stepforge.expand.fim import KNOWN_FIM_TOKENS, fim_examples
+    from stepforge.data.fim import KNOWN_FIM_TOKENS, fim_examples
     from stepforge.tasks import get_world
 
     quiet_hf(threads)

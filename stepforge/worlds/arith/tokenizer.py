@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from stepforge.worlds.arith.problems import ANSWER_PREFIX, OPERATORS, TAGS
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")  # the step expander's (stepforge.expand)
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")  # the step expander's (stepforge.data)
 
 
 def vocabulary() -> list[str]:

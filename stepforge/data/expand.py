@@ -3,7 +3,7 @@
 Two expanders behind the same Policy protocol: ``fim`` (a model with FIM tokens, e.g. the
 world expander or Qwen2.5's ``<|fim_prefix|>``) and ``prompt`` (any instruct model asked to
 write the one missing step). Every gap is asked greedily in one backend call per batch and
-round; the filters of :func:`stepforge.expand.fim.drop_reason` decide what is inserted.
+round; the filters of :func:`stepforge.data.fim.drop_reason` decide what is inserted.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from stepforge.backends.base import GenerationCost, Policy
-from stepforge.expand.fim import (
+from stepforge.data.fim import (
     DROP_REASONS,
     ETA,
     FIM_ORDERS,
@@ -112,7 +112,7 @@ def expand_batch(policy: Policy, trajectories: Sequence[Trajectory], task: Task,
     """One expansion of each trajectory (``config.rounds`` rounds), all gaps of a round in one
     call; ``solver`` samples the rollouts of ``config.mc_rollouts``."""
     if config.mode == "fim" and tokens is None:
-        raise ValueError("fim mode needs the model's FIM tokens (see stepforge.expand.fim.fim_tokens_of)")
+        raise ValueError("fim mode needs the model's FIM tokens (see stepforge.data.fim.fim_tokens_of)")
     if config.mc_rollouts and solver is None:
         raise ValueError("mc_rollouts needs a solver policy to roll out from the prefixes")
     estimator = (RolloutEstimator(solver, task, config.mc_rollouts, max_new_tokens=256)

@@ -1,1 +1,0 @@
-"""Step expansion: new intermediate steps inserted into solutions (MathFimer), checked where a checker exists."""
