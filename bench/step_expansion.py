@@ -50,13 +50,16 @@ ARMS = ("terse", "fim", "fim_checked", "oracle", "terse_token_matched")
 
 
 def problems(args) -> tuple[list, list, list]:
-    held_out = generate_problems(args.held_out, EVAL_WORLD, seed=13, prefix="eval")
-    seen = {p.question for p in held_out}
-    corpus = [p for p in generate_problems(args.corpus + args.corpus // 10, TRAINER_WORLD, seed=11, prefix="corpus")
+    """FIM-source problems first (as drawn), then the corpus and held-out problems without any of
+    their questions (and the corpus without the held-out ones)."""
+    fim_source = generate_problems(args.fim_problems, TRAINER_WORLD, seed=12, prefix="fim")
+    seen = {p.question for p in fim_source}
+    held_out = [p for p in generate_problems(args.held_out * 2, EVAL_WORLD, seed=13, prefix="eval")
+                if p.question not in seen][:args.held_out]
+    seen |= {p.question for p in held_out}
+    corpus = [p for p in generate_problems(args.corpus + args.corpus // 5, TRAINER_WORLD, seed=11, prefix="corpus")
               if p.question not in seen][:args.corpus]
-    seen |= {p.question for p in corpus}
-    fim_source = [p for p in generate_problems(args.fim_problems, TRAINER_WORLD, seed=12, prefix="fim")
-                  if p.question not in seen]
+    assert len(corpus) == args.corpus and len(held_out) == args.held_out
     return corpus, fim_source, held_out
 
 
@@ -192,6 +195,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds-problems", type=int, default=1000)
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--expander-only", type=int, default=0, metavar="N",
+                    help="train the expander, expand the first N corpus problems, print the insertion figures")
     args = ap.parse_args()
     quiet_cpu()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -200,6 +205,20 @@ def main() -> None:
     expander = train_expander(args.work, fim_source, args)
     t_expander = time.perf_counter() - t0
 
+    if args.expander_only:
+        rows = expand(expander, terse_records(corpus[:args.expander_only]), args.work / "expanded-head.jsonl",
+                      ExpandConfig(batch_trajectories=256, fim_order=args.fim_order))
+        r1 = insert_stats(rows)[0]
+        oracle = sum(len(WORLD.reference_steps(p, "detailed")) - len(WORLD.reference_steps(p, "terse"))
+                     for p in corpus[:args.expander_only])
+        right = sum(sum(map(bool, t.meta["expand"]["inserted_right"])) for t in rows)
+        print(json.dumps({"bench": "step_expansion", "expander": {
+            "order": args.fim_order, "prompt_loss": args.prompt_loss, "init": args.init_from,
+            "steps": args.expander_steps, "batch": args.expander_batch, "lr": args.expander_lr,
+            "final_loss_ema": round(json.loads((expander / "stepforge_train.json").read_text())["final_loss_ema"], 4)},
+            "problems": len(rows), "insert": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r1.items()},
+            "right_lines": right, "oracle_lines": oracle, "recall": round(right / oracle, 4)}))
+        return
     expanded = expand(expander, terse_records(corpus), args.work / "expanded.jsonl",
                       ExpandConfig(batch_trajectories=256, fim_order=args.fim_order))
     t_expand = time.perf_counter() - t0 - t_expander

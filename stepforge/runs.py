@@ -29,6 +29,9 @@ class RunMismatchError(ValueError):
     """An output exists and was made by a different configuration."""
 
 
+TRAIN_RECORD = "stepforge_train.json"  # how a model trained by stepforge was made (config, corpus, command)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place, so a reader
     (or a crash) never sees half a file."""

@@ -271,6 +271,10 @@ def test_cli_trains_an_expander_expands_with_its_fim_tokens_and_trains_on_the_re
     assert result.exit_code == 0, result.output
     expanded = read_jsonl(out, Trajectory)
     assert [t.id for t in expanded] == ["p0", "p1"]
+    import json
+
+    manifest = json.loads(out.with_name(out.name + ".run.json").read_text())
+    assert "'fim_order': 'spm'" in str(manifest)  # read from the expander's training record
     for t, steps in zip(expanded, (["a-6=34", "b*2=68", "c-4=64", "Answer: 64"], ["a*2=24", "b+1=25", "Answer: 25"]),
                         strict=True):
         assert [s for i, s in enumerate(t.steps) if i not in t.meta["expand"]["inserted_at"]] == steps
@@ -288,8 +292,6 @@ def test_cli_trains_an_expander_expands_with_its_fim_tokens_and_trains_on_the_re
     policy = tmp_path / "policy"
     result = runner.invoke(app, ["train-world", "--out", str(policy), "--steps", "3", "--corpus", str(out)])
     assert result.exit_code == 0, result.output
-    import json
-
     record = json.loads((policy / "stepforge_train.json").read_text())
     assert record["corpus"]["file"] == str(out) and record["config"]["steps"] == 3
 

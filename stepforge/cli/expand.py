@@ -36,7 +36,8 @@ def expand(
     input: Annotated[Path, typer.Option("--input", "-i", help="trajectories to expand (JSONL or Parquet)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="expanded trajectories (JSONL, resumable)")],
     mode: Annotated[str, typer.Option(help="fim: the model's own FIM tokens | prompt: an instruction")] = "fim",
-    fim_order: Annotated[str, typer.Option(help="fim: psm | spm, the order the model was trained in")] = "psm",
+    fim_order: Annotated[str | None, typer.Option(help="fim: psm | spm, the order the model was trained in "
+                                                       "(default: its train-expander record, else psm)")] = None,
     eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="drop a step this similar to the next one")] = 0.8,
     check: Annotated[bool, typer.Option(help="also drop steps the task's checker rejects (exact in worlds, "
                                              "equations elsewhere)")] = False,
@@ -70,6 +71,7 @@ def expand(
     from stepforge.schema import Trajectory, read_records
 
     quiet_hf(threads)
+    fim_order = fim_order or _trained_fim_order(model)
     config = ExpandConfig(mode=mode, fim_order=fim_order, eta=eta, check=check, rounds=rounds,  # type: ignore[arg-type]
                           max_new_tokens=max_new_tokens, batch_trajectories=batch_size, mc_rollouts=mc_rollouts)
     if mc_rollouts and solver is None:
@@ -118,19 +120,32 @@ def expand(
                   f"wrote [bold]{out}[/bold]")
 
 
+def _trained_fim_order(model: str | None) -> str:
+    """The FIM order a `stepforge train-expander` model was trained in (its training record),
+    else PSM, the order of public FIM models (Qwen2.5, StarCoder)."""
+    import json
+
+    from stepforge.runs import TRAIN_RECORD
+
+    record = Path(model) / TRAIN_RECORD if model else None
+    if record is not None and record.is_file():
+        return json.loads(record.read_text()).get("fim_order", "psm")
+    return "psm"
+
+
 @command("train-expander")
 def train_expander(
     out: Annotated[Path, typer.Option("--out", "-o", help="output model dir")],
     problems: Annotated[int, typer.Option(min=1, help="world problems whose solutions give FIM examples")] = 16000,
     style: Annotated[str, typer.Option(help="solution style the expander learns from")] = "detailed",
     draws: Annotated[int, typer.Option(min=1, help="FIM cut points per solution")] = 3,
-    steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 3000,
-    order: Annotated[str, typer.Option(help="psm (MathFimer's) | spm (prefix next to the middle)")] = "psm",
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 1500,
+    order: Annotated[str, typer.Option(help="spm (prefix next to the middle) | psm (MathFimer's)")] = "spm",
     prompt_loss: Annotated[bool, typer.Option(help="also train on the prefix and suffix tokens, as code FIM "
-                                                   "models do (MathFimer: middle only)")] = False,
+                                                   "models do (MathFimer: middle only)")] = True,
     init_from: Annotated[Path | None, typer.Option(help="start from this policy's weights (e.g. the world policy) "
                                                         "instead of scratch")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 3e-3,
     seed: Annotated[int, typer.Option(help="problem seed (pick one disjoint from the corpus to expand)")] = 12,
     world: Annotated[str | None, typer.Option(help="built-in world")] = None,
@@ -138,7 +153,9 @@ def train_expander(
     overwrite: Overwrite = False,
 ) -> None:
     """Train a FIM step expander for a built-in world from scratch: its policy architecture plus
-    three FIM tokens, on FIM examples (PSM order, loss on the middle) of reference solutions."""
+    three FIM tokens, on FIM examples of reference solutions. The defaults are what worked in
+    bench/step_expansion.py (SPM, loss on all tokens); MathFimer's PSM with loss on the middle
+    only did not learn partial products at this size (README, "Step expansion")."""
     import random
 
     from stepforge.cli.sample import train_world_policy

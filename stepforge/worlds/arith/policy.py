@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from stepforge.runs import TRAIN_RECORD
 from stepforge.worlds.arith.problems import STYLES, ArithConfig, sample_problem
 from stepforge.worlds.arith.tokenizer import build_tokenizer
 
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoint"
 SHIPPED_PRM = Path(__file__).parent / "prm"  # trained by `stepforge train-prm` on MC labels (see its json)
-TRAIN_RECORD = "stepforge_train.json"
 
 
 @dataclass
