@@ -51,3 +51,32 @@ def test_groups_whose_hashes_collide_stay_separate():
     adv, _ = step_credit_advantages(REWARDS, MASK, index, min_form_returns, norm_by_std=False)
     apart, _ = step_credit_advantages(REWARDS, MASK, INDEX, min_form_returns, norm_by_std=False)
     assert torch.allclose(adv, apart)  # same as two distinct uids "p" and "q"
+
+
+def test_a_zero_step_reward_keeps_its_boundary_with_the_step_end_mask():
+    # row 0: steps end at tokens 1 (r = 0.5) and 3 (r = 0, exactly); token 4 is padding
+    rewards = torch.tensor([[0.0, 0.5, 0.0, 0.0, 0.0]])
+    ends = torch.tensor([[0, 1, 0, 1, 0]])
+    mask, index = MASK[:1], INDEX[:1]
+    _, ret = step_credit_advantages(rewards, mask, index, min_form_returns, norm_by_std=False, step_end_mask=ends)
+    assert ret[0].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.0])  # min(0.5, 0) = 0 for both steps
+    # read from non-zero rewards, the last step vanishes and the first one keeps 0.5: min-form's
+    # protection against a high-scoring step before a bad one is lost
+    _, legacy = step_credit_advantages(rewards, mask, index, min_form_returns, norm_by_std=False)
+    assert legacy[0].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0, 0.0])
+    adv, _ = make_estimator("stepforge_min")(rewards, mask, index, step_end_mask=ends)  # verl's signature
+    assert adv.shape == rewards.shape
+
+
+def test_compute_step_advantages_reads_the_mask_from_a_dataproto_like_batch():
+    from types import SimpleNamespace
+
+    from stepforge.train.verl_plugin import compute_step_advantages
+
+    ends = (REWARDS != 0).int()
+    data = SimpleNamespace(batch={"token_level_rewards": REWARDS, "response_mask": MASK, "step_end_mask": ends},
+                           non_tensor_batch={"uid": INDEX})
+    compute_step_advantages(data, "stepforge_min", norm_by_std=False)
+    expected, _ = step_credit_advantages(REWARDS, MASK, INDEX, min_form_returns, norm_by_std=False,
+                                         step_end_mask=ends)
+    assert torch.allclose(data.batch["advantages"], expected) and data.batch["returns"].shape == REWARDS.shape

@@ -3,10 +3,15 @@
 verl calls an advantage estimator as ``fn(token_level_rewards, response_mask, index, config=None, **kw)``
 with (bs, L) tensors and a per-row group id array, and expects ``(advantages, returns)``
 of shape (bs, L). Here a process-reward manager writes each step's reward r_t on the last
-token of that step (a reward of exactly 0 must be written as a tiny non-zero value, since
-non-zero entries mark step ends). Each row's step rewards are turned into step returns
+token of that step and marks those tokens in a ``step_end_mask`` (bs, L): a step whose reward
+is exactly 0 keeps its boundary. Each row's step rewards are turned into step returns
 (min-form or sum-form), spread over the step's tokens, and normalised GRPO-style within the
 group of samples of one prompt. Tokens outside ``response_mask`` get 0.
+
+verl's own ``compute_advantage`` hands an estimator only the rewards, the mask, the uids and
+``reward_baselines``; :func:`compute_step_advantages` is the call that also passes
+``data.batch["step_end_mask"]`` (use it where the trainer computes advantages). Without a
+step-end mask the estimator falls back to reading step ends as the non-zero rewards.
 
     from stepforge.train.verl_plugin import register_verl_estimators
     register_verl_estimators()          # then algorithm.adv_estimator=stepforge_min in the verl config
@@ -29,7 +34,8 @@ ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any,
                            returns_fn: Callable[[torch.Tensor], torch.Tensor] = min_form_returns,
-                           epsilon: float = 1e-6, norm_by_std: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                           epsilon: float = 1e-6, norm_by_std: bool = True,
+                           step_end_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """verl's estimator contract with step-level credit; see the module docstring."""
     bs = token_level_rewards.shape[0]
     returns = torch.zeros_like(token_level_rewards, dtype=torch.float32)
@@ -38,7 +44,8 @@ def step_credit_advantages(token_level_rewards: torch.Tensor, response_mask: tor
     group_ids: dict[Any, int] = {}
     for i in range(bs):
         valid = response_mask[i].bool()
-        ends = torch.nonzero((token_level_rewards[i] != 0) & valid).squeeze(-1).tolist()
+        marks = step_end_mask[i].bool() if step_end_mask is not None else token_level_rewards[i] != 0
+        ends = torch.nonzero(marks & valid).squeeze(-1).tolist()
         if not ends:  # no reward written: treat the whole response as one step with reward 0
             last = int(valid.nonzero().max()) if valid.any() else 0
             ends = [last]
@@ -73,12 +80,26 @@ def make_estimator(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]
     returns_fn = ESTIMATORS[name]
 
     def estimator(token_level_rewards, response_mask, index, config=None, epsilon: float = 1e-6,
-                  norm_adv_by_std_in_grpo: bool = True, **kwargs):
+                  norm_adv_by_std_in_grpo: bool = True, step_end_mask=None, **kwargs):
         return step_credit_advantages(token_level_rewards, response_mask, index, returns_fn, epsilon,
-                                      norm_adv_by_std_in_grpo)
+                                      norm_adv_by_std_in_grpo, step_end_mask)
 
     estimator.__name__ = name
     return estimator
+
+
+def compute_step_advantages(data: Any, estimator: str = "stepforge_min", norm_by_std: bool = True) -> Any:
+    """Advantages and returns of a verl ``DataProto`` (anything with ``.batch`` and
+    ``.non_tensor_batch``) with the step-end mask its reward manager wrote; fills
+    ``data.batch["advantages"]`` and ``["returns"]`` as verl's ``compute_advantage`` does."""
+    batch = data.batch
+    # TensorDict (verl's batch) refuses `key in td`; `.keys()` works for it and for a dict
+    ends = batch["step_end_mask"] if "step_end_mask" in batch.keys() else None  # noqa: SIM118
+    adv, ret = step_credit_advantages(batch["token_level_rewards"], batch["response_mask"],
+                                      data.non_tensor_batch["uid"], ESTIMATORS[estimator],
+                                      norm_by_std=norm_by_std, step_end_mask=ends)
+    batch["advantages"], batch["returns"] = adv, ret
+    return data
 
 
 def register_verl_estimators() -> list[str]:
