@@ -80,3 +80,36 @@ def test_compute_step_advantages_reads_the_mask_from_a_dataproto_like_batch():
     expected, _ = step_credit_advantages(REWARDS, MASK, INDEX, min_form_returns, norm_by_std=False,
                                          step_end_mask=ends)
     assert torch.allclose(data.batch["advantages"], expected) and data.batch["returns"].shape == REWARDS.shape
+
+
+def test_step_reward_manager_scores_step_ends_with_a_prm_and_marks_them():
+    from types import SimpleNamespace
+
+    from scripted import CheckerScorer
+
+    from stepforge.train.verl_plugin import StepRewardManager, compute_step_advantages
+    from stepforge.worlds.arith import ARITH
+    from stepforge.worlds.arith.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    texts = ["a-6=34\nb*2=69\nAnswer: 69", "a-6=34\nb*2=68\nAnswer: 68"]
+    rows = [[*tok(t, add_special_tokens=False).input_ids, tok.eos_token_id] for t in texts]
+    width = max(map(len, rows)) + 2
+    responses = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    data = SimpleNamespace(batch={"responses": responses, "response_mask": mask},
+                           non_tensor_batch={"question": np.array(["40 a-6 b*2"] * 2, dtype=object),
+                                             "uid": np.array(["p", "p"], dtype=object)})
+    rewards = StepRewardManager(tok, CheckerScorer(), ARITH)(data)
+    ends = data.batch["step_end_mask"]
+    assert ends.sum(-1).tolist() == [3, 3]  # every step keeps its end, the zero-reward ones too
+    for i, text in enumerate(texts):  # the marked token is each step's last (the line's last digit)
+        marked = [tok.decode([responses[i, c]]) for c in ends[i].nonzero().squeeze(-1).tolist()]
+        assert marked == [line[-1] for line in text.split("\n")]
+    assert rewards[0][ends[0].bool()].tolist() == [1.0, 0.0, 0.0] and rewards[1][ends[1].bool()].tolist() == [1.0] * 3
+    data.batch["token_level_rewards"] = rewards
+    compute_step_advantages(data, "stepforge_min", norm_by_std=False)
+    adv = data.batch["advantages"]
+    # min-form: the wrong solution's returns are 0 everywhere, the right one's 1; group mean 0.5
+    assert adv[0, 0].item() == pytest.approx(-0.5) and adv[1, 0].item() == pytest.approx(0.5)
+    assert adv[0, len(rows[0]):].abs().sum() == 0  # padding gets nothing

@@ -24,6 +24,10 @@ from typing import Any
 
 import torch
 
+from stepforge.alignment import generated_offsets, locate_steps, tokens_at_chars
+from stepforge.schema import Trajectory
+from stepforge.search.base import Scorer
+from stepforge.tasks import Task
 from stepforge.train.credit import group_normalize, min_form_returns, step_returns_to_tokens, sum_form_returns
 
 ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -100,6 +104,60 @@ def compute_step_advantages(data: Any, estimator: str = "stepforge_min", norm_by
                                       norm_by_std=norm_by_std, step_end_mask=ends)
     batch["advantages"], batch["returns"] = adv, ret
     return data
+
+
+class StepRewardManager:
+    """A verl reward manager that scores every step of each response with a stepforge
+    :class:`~stepforge.search.base.Scorer` (a PRM) and writes step t's score on the step's last
+    response token, marking it in ``step_end_mask`` (so min-form credit can run inside verl end
+    to end with :func:`compute_step_advantages`).
+
+    Steps are the task's segmentation of the decoded response; a step's last token is found
+    from incremental-detokenisation offsets (:func:`stepforge.alignment.generated_offsets`).
+    The question comes from ``non_tensor_batch[question_key]``, else ``extra_info["question"]``,
+    else the decoded prompt.
+    """
+
+    def __init__(self, tokenizer, scorer: Scorer, task: Task, question_key: str = "question") -> None:
+        self.tokenizer, self.scorer, self.task, self.question_key = tokenizer, scorer, task, question_key
+
+    def _question(self, data: Any, i: int) -> str:
+        extra = data.non_tensor_batch
+        if self.question_key in extra:
+            return str(extra[self.question_key][i])
+        if "extra_info" in extra and isinstance(extra["extra_info"][i], dict) and "question" in extra["extra_info"][i]:
+            return str(extra["extra_info"][i]["question"])
+        prompt = data.batch["prompts"][i]
+        keep = data.batch["attention_mask"][i, :prompt.shape[0]].bool()
+        return self.tokenizer.decode(prompt[keep].tolist(), skip_special_tokens=True)
+
+    def __call__(self, data: Any, return_dict: bool = False) -> Any:
+        batch = data.batch
+        responses = batch["responses"]
+        width = responses.shape[1]
+        mask = (batch["response_mask"] if "response_mask" in batch.keys()  # noqa: SIM118 (TensorDict)
+                else batch["attention_mask"][:, -width:])
+        rewards = torch.zeros(responses.shape, dtype=torch.float32)
+        ends = torch.zeros(responses.shape, dtype=torch.long)
+        trajectories, where = [], []
+        for i in range(responses.shape[0]):
+            positions = mask[i].bool().nonzero().squeeze(-1).tolist()
+            ids = responses[i, positions].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            steps = self.task.steps(text)
+            if not steps:
+                continue
+            last_chars = [b - 1 for _, b in locate_steps(text, steps)]
+            tokens = tokens_at_chars(generated_offsets(self.tokenizer, ids), last_chars)
+            trajectories.append(Trajectory(id=str(i), problem_id=str(i), question=self._question(data, i), steps=steps))
+            where.append((i, [positions[t] for t in tokens]))
+        for (i, cols), scores in zip(where, self.scorer.score(trajectories) if trajectories else [], strict=True):
+            rewards[i, cols] = torch.tensor(scores, dtype=torch.float32)
+            ends[i, cols] = 1
+        batch["step_end_mask"] = ends
+        if return_dict:
+            return {"reward_tensor": rewards, "reward_extra_info": {"step_end_mask": ends.tolist()}}
+        return rewards
 
 
 def register_verl_estimators() -> list[str]:
