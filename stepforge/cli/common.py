@@ -24,6 +24,7 @@ Threads = Annotated[int, typer.Option(min=1, help="torch CPU threads (1 is faste
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")]
 Dtype = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (auto: bf16 on GPUs that have it, "
                                          "else fp32)")]
+TrainDtype = Annotated[str, typer.Option(help="float32 (default for training) | bfloat16 | float16 | auto")]
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output (deleting it) instead of refusing")]
 ChatFlag = Annotated[bool | None, typer.Option("--chat/--no-chat", help="render prompts with the tokenizer's chat "
                                                                       "template (default: when it has one)")]

@@ -16,6 +16,7 @@ from stepforge.cli.common import (
     Model,
     Overwrite,
     Threads,
+    TrainDtype,
     comma_list,
     command,
     console,
@@ -96,8 +97,7 @@ def train_dpo_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     sft_weight: Annotated[float, typer.Option(min=0.0, help="DPO: weight of an NLL term on the chosen step")] = 0.0,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="float32 (default for training) | bfloat16 | float16 | auto")]
-    = "float32",
+    dtype: TrainDtype = "float32",
     overwrite: Overwrite = False,
     threads: Threads = 1,
 ) -> None:
@@ -133,8 +133,7 @@ def train_sft_cmd(
     = 0,
     seed: int = 0,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="float32 (default for training) | bfloat16 | float16 | auto")]
-    = "float32",
+    dtype: TrainDtype = "float32",
     overwrite: Overwrite = False,
     threads: Threads = 1,
 ) -> None:
