@@ -114,6 +114,15 @@ def insert_stats(expanded: list[Trajectory]) -> list[dict]:
     return rounds
 
 
+def oracle_lines(problems: list) -> int:
+    """Gaps where the detailed style has a line: multiplications of a running value >= 10."""
+    return sum(len(WORLD.reference_steps(p, "detailed")) - len(WORLD.reference_steps(p, "terse")) for p in problems)
+
+
+def right_lines(expanded: list[Trajectory]) -> int:
+    return sum(sum(map(bool, t.meta["expand"]["inserted_right"])) for t in expanded)
+
+
 def arm_corpora(corpus: list, expanded: list[Trajectory]) -> dict[str, list[tuple[str, str]]]:
     by_id = {t.id: t for t in expanded}
     q = {p.id: p.question + "\n" for p in corpus}
@@ -209,9 +218,7 @@ def main() -> None:
         rows = expand(expander, terse_records(corpus[:args.expander_only]), args.work / "expanded-head.jsonl",
                       ExpandConfig(batch_trajectories=256, fim_order=args.fim_order))
         r1 = insert_stats(rows)[0]
-        oracle = sum(len(WORLD.reference_steps(p, "detailed")) - len(WORLD.reference_steps(p, "terse"))
-                     for p in corpus[:args.expander_only])
-        right = sum(sum(map(bool, t.meta["expand"]["inserted_right"])) for t in rows)
+        oracle, right = oracle_lines(corpus[:args.expander_only]), right_lines(rows)
         print(json.dumps({"bench": "step_expansion", "expander": {
             "order": args.fim_order, "prompt_loss": args.prompt_loss, "init": args.init_from,
             "steps": args.expander_steps, "batch": args.expander_batch, "lr": args.expander_lr,
@@ -252,10 +259,7 @@ def main() -> None:
         greedy_acc[arm] = round(statistics.mean(statistics.mean(r["greedy"]) for r in rows), 4)
         mul[arm] = round(statistics.mean(r["mul_error"] for r in rows), 4)
     round1 = insert_stats(expanded)[0]
-    # gaps where the detailed style has a line: a multiplication of a running value >= 10
-    oracle_lines = sum(len(WORLD.reference_steps(p, "detailed")) - len(WORLD.reference_steps(p, "terse"))
-                       for p in corpus)
-    right_lines = sum(sum(map(bool, t.meta["expand"]["inserted_right"])) for t in expanded)
+    oracle, right = oracle_lines(corpus), right_lines(expanded)
     print(json.dumps({
         "bench": "step_expansion", "seeds": args.seeds, "corpus": len(corpus), "held_out": len(held_out),
         "acc": acc, "acc_ci95": ci, "greedy": greedy_acc, "mul_error": mul,
@@ -263,8 +267,8 @@ def main() -> None:
                         for arm in arms},
         "insert": {"rate": round(round1["rate"], 4), "redundant": round(round1["redundant"], 4),
                    "correct": round(round1["correct"], 4) if round1["correct"] is not None else None,
-                   "answers_unchanged": answers_kept, "oracle_lines": oracle_lines,
-                   "recall": round(right_lines / oracle_lines, 4)},
+                   "answers_unchanged": answers_kept, "oracle_lines": oracle,
+                   "recall": round(right / oracle, 4)},
         "rounds": rounds, "completion_tokens": tokens, "token_matched_steps": matched_steps,
         "seconds": {"expander": round(t_expander), "expand": round(t_expand), "total": round(time.perf_counter() - t0)},
     }))

@@ -130,9 +130,9 @@ class World:
     generate: Callable[..., list[Problem]]
     policy_dir: Callable[[str | Path | None], Path | None]  # a trained policy (given dir, shipped, cache)
     load_policy: Callable[[str | Path | None], tuple[Any, Any]]  # (model, tokenizer)
-    # (out, steps=, seed=, threads=, progress=, style=, corpus=, special_tokens=, record=) -> dir;
-    # corpus: (prompt, completion) pairs instead of fresh problems; special_tokens: added to the
-    # tokenizer (e.g. FIM tokens)
+    # (out, steps=, seed=, threads=, progress=, style=, corpus=, special_tokens=, record=,
+    # **trainer settings) -> dir; corpus: (prompt, completion) pairs instead of fresh problems;
+    # special_tokens: added to the tokenizer (e.g. FIM tokens)
     train_policy: Callable[..., Path] | None = None
     prm_dir: Path | None = None  # the shipped PRM, if any
     cache_dir: Callable[[], Path] | None = None  # where train_policy writes by default

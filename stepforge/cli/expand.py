@@ -27,6 +27,7 @@ from stepforge.cli.common import (
     policy_identity,
     progress,
     quiet_hf,
+    refuse_existing,
     resolve_task,
 )
 
@@ -166,8 +167,7 @@ def train_expander(
     chosen = get_world(world)
     if chosen.reference_steps is None or style not in chosen.styles:
         raise ValueError(f"world {chosen.name!r} has no {style!r} reference solutions (styles: {chosen.styles})")
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    refuse_existing(out, overwrite)
     tokens = KNOWN_FIM_TOKENS[1]  # <fim_prefix> <fim_suffix> <fim_middle>, added to the world tokenizer
     rng = random.Random(seed)
     sep = chosen.task.step_stop

@@ -23,9 +23,11 @@ from stepforge.data.fim import (
     FimTokens,
     drop_reason,
     fim_prompt,
+    insert_before,
     insert_steps,
 )
 from stepforge.jobs import Batch, JobStats, run_resumable
+from stepforge.label.methods import problem_of
 from stepforge.label.rollouts import Query, RolloutEstimator
 from stepforge.schema import Cost, Problem, Trajectory, truth_labels
 from stepforge.tasks import Chat, Prompt, Task
@@ -85,8 +87,8 @@ def insertion_is_right(task: Task, problem: Problem | None, steps: Sequence[str]
 
 
 def _problem_of(task: Task, t: Trajectory) -> Problem | None:
-    if task.recover_problem:
-        return task.recover_problem(t.problem_id, t.question)
+    if task.recover_problem is not None:
+        return problem_of(t, task, None)
     if t.final_answer is not None:  # the trajectory's own answer stands in for the gold one
         return Problem(id=t.problem_id, question=t.question, answer=t.final_answer)
     return None
@@ -170,9 +172,7 @@ def expand_batch(policy: Policy, trajectories: Sequence[Trajectory], task: Task,
                                                       sum(j < i for j in clean), candidate))
                 stats[k]["right"] += right[k][i]
         for k in range(len(trajectories)):
-            marks = iter(origin[k])
-            origin[k] = [m for i in range(len(steps[k])) for m in ([right[k].get(i)] if i in inserted[k] else [])
-                         + [next(marks)]]
+            origin[k] = insert_before(origin[k], {i: right[k].get(i) for i in inserted[k]})
             steps[k], _ = insert_steps(steps[k], inserted[k])
             rounds[k].append({"gaps": stats[k]["gaps"], "inserted": stats[k]["inserted"],
                               "dropped": {r: stats[k][r] for r in DROP_REASONS},

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import difflib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 # answer_risk: rollouts from the prefix succeed less often with the step (runner, mc_rollouts > 0)
 DropReason = Literal["empty", "answer_line", "redundant", "wrong", "answer_risk"]
@@ -99,12 +101,12 @@ def drop_reason(candidate: str, next_step: str, *, eta: float = ETA,
     return None
 
 
-def insert_steps(steps: Sequence[str], inserted: dict[int, str]) -> tuple[list[str], list[int]]:
-    """``steps`` with ``inserted[i]`` placed before ``steps[i]``; also the new lines' indices."""
-    out, where = [], []
-    for i, step in enumerate(steps):
-        if i in inserted:
-            where.append(len(out))
-            out.append(inserted[i].strip())
-        out.append(step)
-    return out, where
+def insert_before(items: Sequence[T], inserted: Mapping[int, T]) -> list[T]:
+    """``items`` with ``inserted[i]`` placed before ``items[i]``."""
+    return [x for i, item in enumerate(items) for x in ((inserted[i], item) if i in inserted else (item,))]
+
+
+def insert_steps(steps: Sequence[str], inserted: Mapping[int, str]) -> tuple[list[str], list[int]]:
+    """``steps`` with ``inserted[i]`` (stripped) placed before ``steps[i]``; also the new lines' indices."""
+    where = [i + n for n, i in enumerate(sorted(inserted))]
+    return insert_before(steps, {i: s.strip() for i, s in inserted.items()}), where

@@ -119,7 +119,7 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
     """Train from scratch and ``save_pretrained`` model + tokenizer into ``out_dir``.
 
     Examples are fresh problems in ``cfg.style``, or ``corpus`` (prompt, completion) pairs
-    cycled in seeded epochs; ``tokenizer`` (e.g. :func:`build_fim_tokenizer`) replaces the
+    cycled in seeded epochs; ``tokenizer`` (e.g. :func:`build_tokenizer_with`) replaces the
     world's; ``record`` is added to the saved training record (say what the corpus was).
     """
     cfg = cfg or PolicyTrainConfig()
