@@ -5,12 +5,15 @@ import pytest
 from stepforge.worlds.arith.problems import (
     ArithConfig,
     ArithProblem,
+    check_line,
     extract_answer,
     first_error,
     generate_problems,
+    is_check_line,
     parse_question,
     sample_problem,
     step_is_consistent,
+    step_operations,
 )
 from stepforge.worlds.arith.tokenizer import build_tokenizer
 
@@ -52,6 +55,33 @@ def test_first_error_against_the_true_path():
     assert first_error(q, ["a-6=34", "b*2=68", "c-4=64", "d+3=67", "Answer: 67", "e+1=68"]) == 5
     assert first_error(q, ["a-6=34", "b*2=68"]) is None  # incomplete, not wrong
     assert step_is_consistent("c-4=62", 66) and not step_is_consistent("c-4=62", 68)
+
+
+def test_check_lines_are_right_only_when_they_restate_the_running_value():
+    q = "40 a-6 b*2 c-4 d+3"
+    padded = ["check 40", "a-6=34", "check 34", "check 34", "b*2=68", "c-4=64", "d+3=67", "check 67", "Answer: 67"]
+    assert first_error(q, padded) is None
+    assert first_error(q, ["check 34", "a-6=34"]) == 0  # restates a value the chain has not reached
+    assert first_error(q, ["a-6=34", "check 40"]) == 1  # the old value
+    assert first_error(q, ["a-6=34", "b*2=68", "c-4=64", "d+3=67", "Answer: 67", "check 67"]) == 5  # after the answer
+    # a check line before a multiplication keeps the partial-product line allowed
+    assert first_error("34 a*3", ["check 34", "a 34*3=90+12", "check 34", "a*3=102", "Answer: 102"]) is None
+    assert step_operations(q, ["check 40", "a-6=34", "check 34", "b*2=68"]) == [0, 0, 1, 1]
+    assert is_check_line("check 7") and not is_check_line("check") and check_line(7) == "check 7"
+
+
+def test_padded_style_draws_check_lines_and_is_fixed_per_problem():
+    p = parse_question("40 a-6 b*2 c-4 d+3")
+    drawn = [p.padded_steps(random.Random(s), rate=0.5) for s in range(50)]
+    assert all(first_error(p.question, steps) is None for steps in drawn)
+    assert all([s for s in steps if not is_check_line(s)] == p.steps for steps in drawn)  # terse steps unchanged
+    counts = {sum(map(is_check_line, steps)) for steps in drawn}
+    assert 0 in counts and max(counts) >= 4  # any number of them, repeats too
+    assert all(not is_check_line(steps[-2]) or steps[-2] == "check 67" for steps in drawn)
+    assert p.solution_in("padded") == p.solution_in("padded")  # seeded by the question
+    assert p.padded_steps(random.Random(0), rate=0.0) == p.steps
+    tok = build_tokenizer()
+    assert tok.decode(tok("check 67", add_special_tokens=False).input_ids) == "check 67"
 
 
 def test_parse_question_names_bad_token():

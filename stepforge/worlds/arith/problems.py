@@ -16,6 +16,11 @@ The *detailed* style adds a partial-product line before each multiplication whos
 >= 10 (``b 34*3=90+12`` before ``b*3=102``). Such a line is optional: the checker accepts a
 solution with or without it, checks it on its own (the running value, both partial products)
 and gives it its own step label; it never shifts which terse step is which.
+
+The *padded* style adds check lines that restate the running value (``check 34``) at random
+gaps before the answer line, any number of them: harmless padding, right when the value is
+the current one, as reasoning models restate and re-check. They give a policy room to game
+a step-level reward by length (PURE's reward hacking; bench/credit_assignment.py).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ ANSWER_PREFIX = "Answer:"
 _STEP_RE = re.compile(r"^([a-p])([+\-*])(\d)=(\d+)$")
 _ANSWER_RE = re.compile(r"^Answer:\s*(-?\d+)\s*$")
 _DETAIL_RE = re.compile(r"^([a-p]) (\d+)\*(\d)=(\d+)\+(\d+)$")
-STYLES = ("terse", "detailed")
+CHECK_PREFIX = "check"
+_CHECK_RE = re.compile(r"^check (-?\d+)$")
+STYLES = ("terse", "detailed", "padded")
+PAD_RATE = 0.15  # padded style: chance of (another) check line at each gap
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,25 @@ class ArithProblem:
             before = self.values[i]
         return [*out, self.steps[-1]]
 
-    def solution_in(self, style: str = "terse") -> str:
+    def padded_steps(self, rng: random.Random, rate: float = PAD_RATE) -> list[str]:
+        """``steps`` with check lines restating the running value at the gaps before the answer
+        line: at each gap, another one with probability ``rate`` (so 0, 1, 2... of them)."""
+        out, value = [], self.start
+        for i, step in enumerate(self.steps):
+            if i < len(self.ops) + 1:
+                while rng.random() < rate:
+                    out.append(check_line(value))
+            out.append(step)
+            value = self.values[i] if i < len(self.ops) else value
+        return out
+
+    def solution_in(self, style: str = "terse", rng: random.Random | None = None) -> str:
+        """The solution in one of ``STYLES``; ``padded`` draws its check lines from ``rng``
+        (default: seeded by the question, so a problem's padded solution is fixed)."""
         if style not in STYLES:
             raise ValueError(f"unknown solution style {style!r}; expected one of {STYLES}")
+        if style == "padded":
+            return "\n".join(self.padded_steps(rng or random.Random(self.question)))
         return "\n".join(self.steps if style == "terse" else self.detailed_steps)
 
     def to_problem(self, problem_id: str) -> Problem:
@@ -182,6 +206,15 @@ def is_detail_line(step: str) -> bool:
     return bool(_DETAIL_RE.match(step.strip()))
 
 
+def check_line(value: int) -> str:
+    """The padded style's restatement of the running value: ``check 34``."""
+    return f"{CHECK_PREFIX} {value}"
+
+
+def is_check_line(step: str) -> bool:
+    return bool(_CHECK_RE.match(step.strip()))
+
+
 def step_operations(question: str, steps: list[str]) -> list[int | None]:
     """Per step, the index of the operation it belongs to on the true path (a partial-product
     line belongs to the multiplication after it; the answer line to ``len(ops)``), up to and
@@ -195,7 +228,7 @@ def step_operations(question: str, steps: list[str]) -> list[int | None]:
             out.append(None)
             continue
         out.append(j)
-        if not is_detail_line(step):
+        if not (is_detail_line(step) or is_check_line(step)):
             j = min(j + 1, len(problem.ops))
     return out
 
@@ -206,7 +239,9 @@ def first_error(question: str, steps: list[str]) -> int | None:
     Terse step j < T must read ``{tag_j}{op_j}{k_j}={true value_j}``; step T must be
     ``Answer: {answer}``; any step past T is wrong. A partial-product line may stand right
     before a multiplication step j of a true value v >= 10 and must then read
-    ``detail_line(tag_j, v, k_j)`` (at most one per multiplication). A chain that stops early
+    ``detail_line(tag_j, v, k_j)`` (at most one per multiplication). Check lines may stand
+    anywhere before the answer line, any number of them, and must read ``check_line(v)`` for
+    the running value v (the start value before the first step). A chain that stops early
     with every step right has no wrong step (it is incomplete, not wrong): callers see that
     through ``correct``.
     """
@@ -215,6 +250,10 @@ def first_error(question: str, steps: list[str]) -> int | None:
     j, detailed = 0, False
     for i, raw in enumerate(steps):
         step = raw.strip()
+        if is_check_line(step):
+            if j >= len(expected) or step != check_line(problem.values[j - 1] if j else problem.start):
+                return i
+            continue
         if is_detail_line(step):
             before = problem.values[j - 1] if j else problem.start
             ok = (not detailed and j < len(problem.ops) and problem.ops[j][0] == "*"
