@@ -140,6 +140,8 @@ class World:
     # (problem, style) -> the reference solution's steps in one of ``styles`` (oracle corpora)
     reference_steps: Callable[[Problem, str], list[str]] | None = None
     styles: tuple[str, ...] = ("terse",)
+    # a step that adds nothing (the padded world's check lines): the RL padding monitor
+    padding_step: Callable[[str], bool] | None = None
 
 
 TASKS: dict[str, Task] = {}

@@ -20,6 +20,33 @@ def test_hacking_monitors_by_hand():
     assert m["empty_share"] == 0.25 and m["no_answer_share"] == 0.5 and m["no_separator_share"] == 0.5
     assert m["accuracy"] == 0.25 and m["prm_final_mean"] == pytest.approx(0.55)
     assert m["prm_verifier_gap"] == pytest.approx(0.30)
+    assert "padding_share" not in m
+    padded = hacking_monitors(batch, None, [10, 0, 4, 6], is_padding=lambda s: s == "b")
+    assert padded["padding_share"] == pytest.approx(2 / 6) and "prm_verifier_gap" not in padded
+
+
+def test_verifiable_reward_mix_by_hand():
+    import random
+
+    import torch
+
+    from stepforge.train.rl import _advantages
+
+    batch = [t(["a", "b"], "1", True), t(["a", "b"], "2", False)]
+    rewards = [torch.tensor([0.5, -0.5]), torch.tensor([0.5, 0.5])]
+    cfg = RLConfig(credit="sum_vr", vr_share=1.0, baseline="rloo")
+    # R − 1 on the last step: the right one keeps [0.5, -0.5], the wrong one becomes [0.5, -0.5]; sum-form
+    # returns [0, -0.5] for both; leave-one-out baseline = mean of the other's returns = -0.25
+    a = _advantages(batch, [0, 0], rewards, cfg, random.Random(0))
+    assert [x.tolist() for x in a] == [pytest.approx([0.25, -0.25]), pytest.approx([0.25, -0.25])]
+    # without it the wrong solution, rated higher by the PRM, wins: returns [0, -0.5] vs [1, 0.5]
+    no_vr = _advantages(batch, [0, 0], rewards, RLConfig(credit="sum_vr", vr_share=0.0, baseline="rloo"),
+                        random.Random(0))
+    assert [x.tolist() for x in no_vr] == [pytest.approx([-0.75, -1.25]), pytest.approx([1.25, 0.75])]
+    min_vr = _advantages(batch, [0, 0], rewards, RLConfig(credit="min_vr", vr_share=1.0, baseline="rloo"),
+                         random.Random(0))
+    # min-form of [0.5, -0.5] = [-0.5, -0.5]; of [0.5, -0.5] (0.5 − 1 on the last) = [-0.5, -0.5]: equal
+    assert [x.tolist() for x in min_vr] == [pytest.approx([0.0, 0.0]), pytest.approx([0.0, 0.0])]
 
 
 def test_drift_warnings():
@@ -43,6 +70,8 @@ def test_bad_credit_form():
         RLConfig(temperature=0.0)
     with pytest.raises(ValueError, match="unknown baseline"):
         RLConfig(baseline="ppo")
+    with pytest.raises(ValueError, match="vr_share"):
+        RLConfig(credit="min_vr", vr_share=1.5)
 
 
 def test_rl_trains_only_the_chosen_parameters(tmp_path, world_policy):

@@ -10,8 +10,11 @@ form, and take ``ppo_epochs`` clipped updates:
 
 Baselines: ``grpo`` (group mean and std) or ``rloo`` (leave-one-out mean). Credit forms:
 ``outcome`` (the baselined R on every token), ``sum`` (γ-discounted
-returns of r), ``min`` (PURE strict min-form), ``min_vr`` (min-form plus the verifiable
-reward R − 1 on the last step, on a ``vr_share`` of the problems). Step-separator tokens
+returns of r), ``min`` (PURE strict min-form), ``min_vr`` / ``sum_vr`` (those plus the
+verifiable reward R − 1 on the last step, in a ``vr_share`` of the groups: PURE's mix is
+min_vr at 0.1; PRIME's is sum_vr at 1.0 with an online implicit PRM and RLOO). An implicit
+PRM's step rewards are its own r_t = β·log π_φ/π_ref over the step's tokens (PRIME), not
+2p − 1 of its prefix values. Step-separator tokens
 get no advantage (PURE #20). ``trainable`` restricts updates to some parameters (the world
 policy improves only when RL trains its RMSNorm gains: see bench/credit_assignment.py);
 ``temperature`` samples from and trains softmax(logits / T), as verl does; with
@@ -53,7 +56,7 @@ from stepforge.train.credit import (
     sum_form_returns,
 )
 
-CREDITS = ("outcome", "sum", "min", "min_vr")
+CREDITS = ("outcome", "sum", "min", "min_vr", "sum_vr")
 
 
 @dataclass
@@ -66,7 +69,7 @@ class RLConfig:
     clip: float = 0.2
     kl_coef: float = 0.05
     ppo_epochs: int = 2
-    vr_share: float = 0.1
+    vr_share: float = 0.1  # min_vr / sum_vr: share of groups (problems) whose last step gets R − 1
     gamma: float = 1.0  # sum-form discount
     # train only parameters whose names contain one of these (empty: all); the others are left
     # with requires_grad=False
@@ -86,15 +89,18 @@ class RLConfig:
             raise ValueError(f"unknown credit form {self.credit!r}; choose from {', '.join(CREDITS)}")
         if self.baseline not in ("grpo", "rloo"):
             raise ValueError(f"unknown baseline {self.baseline!r}; choose grpo or rloo")
+        if not 0.0 <= self.vr_share <= 1.0:
+            raise ValueError(f"vr_share is a share of groups in [0, 1], got {self.vr_share}")
         if self.temperature <= 0:
             raise ValueError(f"RL samples from the policy: temperature must be > 0, got {self.temperature}")
 
 
 def hacking_monitors(trajectories: Sequence[Trajectory], prm_scores: Sequence[Sequence[float]] | None,
-                     tokens: Sequence[int]) -> dict[str, float]:
+                     tokens: Sequence[int], is_padding: Callable[[str], bool] | None = None) -> dict[str, float]:
     """Signals of reward hacking, per batch: length and step count, share of empty outputs,
-    of outputs without an answer, of outputs that never use the step separator (one line), and
-    the gap between the PRM's mean final score and the verifier's accuracy."""
+    of outputs without an answer, of outputs that never use the step separator (one line), the
+    gap between the PRM's mean final score and the verifier's accuracy, and (``is_padding``:
+    the world's test for a step that adds nothing) the share of padding steps."""
     n = max(1, len(trajectories))
     out = {
         "mean_tokens": sum(tokens) / n,
@@ -104,6 +110,9 @@ def hacking_monitors(trajectories: Sequence[Trajectory], prm_scores: Sequence[Se
         "no_separator_share": sum(len(t.steps) <= 1 for t in trajectories) / n,
         "accuracy": sum(bool(t.correct) for t in trajectories) / n,
     }
+    if is_padding is not None:
+        steps = [s for t in trajectories for s in t.steps]
+        out["padding_share"] = sum(map(is_padding, steps)) / max(1, len(steps))
     if prm_scores is not None:
         finals = [s[-1] if s else 0.0 for s in prm_scores]
         out["prm_final_mean"] = sum(finals) / n
@@ -117,8 +126,8 @@ def drift_warnings(first: dict[str, float], now: dict[str, float]) -> list[str]:
     for key, unit in (("mean_tokens", "tokens"), ("mean_steps", "steps")):
         if first.get(key) and abs(now[key] / first[key] - 1) > 0.3:
             warnings.append(f"{key} drifted {first[key]:.1f} -> {now[key]:.1f} {unit}")
-    for key in ("empty_share", "no_answer_share", "no_separator_share"):
-        if now[key] - first[key] > 0.1:
+    for key in ("empty_share", "no_answer_share", "no_separator_share", "padding_share"):
+        if key in now and now[key] - first.get(key, 0.0) > 0.1:
             warnings.append(f"{key} rose {first[key]:.2f} -> {now[key]:.2f}")
     if "accuracy" in first and first["accuracy"] - now["accuracy"] > 0.25:  # collapse, whatever the reward says
         warnings.append(f"accuracy fell {first['accuracy']:.2f} -> {now['accuracy']:.2f}")
@@ -142,9 +151,10 @@ def _token_rows(tokenizer, prompt_ids: list[int], completion: Completion, steps:
     return [*prompt_ids, *gen], step_of
 
 
-def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLConfig, rng: random.Random
-                ) -> list[torch.Tensor]:
-    """Per-step advantages for each trajectory (outcome: one value per trajectory)."""
+def _advantages(batch: list[Trajectory], groups: list[int], step_rewards: list[torch.Tensor] | None, cfg: RLConfig,
+                rng: random.Random) -> list[torch.Tensor]:
+    """Per-step advantages for each trajectory (outcome: one value per trajectory);
+    ``step_rewards``: r_t per trajectory (an empty trajectory: one step of reward −1)."""
     outcome = torch.tensor([float(bool(t.correct)) for t in batch])
     g = torch.tensor(groups)
     if cfg.credit == "outcome":
@@ -152,11 +162,10 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
         return [torch.full((max(1, len(t.steps)),), float(a[i])) for i, t in enumerate(batch)]
     vr_groups = {gid for gid in set(groups) if rng.random() < cfg.vr_share}
     returns = []
-    for i, t in enumerate(batch):
-        r = torch.tensor([2 * p - 1 for p in prm_scores[i]]) if t.steps else torch.tensor([-1.0])
-        if cfg.credit == "min_vr" and groups[i] in vr_groups:
+    for i, r in enumerate(step_rewards):
+        if cfg.credit.endswith("_vr") and groups[i] in vr_groups:
             r = add_verifiable_reward(r, float(outcome[i]) - 1.0)
-        returns.append(sum_form_returns(r, cfg.gamma) if cfg.credit == "sum" else min_form_returns(r))
+        returns.append(sum_form_returns(r, cfg.gamma) if cfg.credit.startswith("sum") else min_form_returns(r))
     if cfg.baseline == "rloo":
         return rloo_step_advantages(returns, groups)
     # normalise every step's return within its group of samples (GRPO over steps)
@@ -168,6 +177,23 @@ def _advantages(batch: list[Trajectory], groups: list[int], prm_scores, cfg: RLC
         out.append(norm[k:k + len(r)])
         k += len(r)
     return out
+
+
+def _step_rewards(scorer, trajectories: list[Trajectory]) -> tuple[list[list[float]], list[torch.Tensor]]:
+    """The PRM's scores p_t (for the monitors) and step rewards r_t: 2p_t − 1 (P(good) −
+    P(bad), PURE) for an explicit PRM, β·log-ratio per step for an implicit one (PRIME). An
+    empty trajectory is scored as one step "?" and rewarded −1."""
+    scored = [t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []}) for t in trajectories]
+    if hasattr(scorer, "step_rewards"):
+        with torch.no_grad():
+            implicit = [r.detach().float().cpu() for r in scorer.step_rewards(scored)]
+        scores = [torch.sigmoid(r.cumsum(0)).tolist() for r in implicit]  # ImplicitPRM.score, once
+        rewards = [r if t.steps else torch.tensor([-1.0]) for r, t in zip(implicit, trajectories, strict=True)]
+    else:
+        scores = scorer.score(scored)
+        rewards = [torch.tensor([2 * p - 1 for p in s]) if t.steps else torch.tensor([-1.0])
+                   for s, t in zip(scores, trajectories, strict=True)]
+    return scores, rewards
 
 
 def _trainable_parameters(model, patterns: Sequence[str]) -> list[torch.nn.Parameter]:
@@ -228,9 +254,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         if online:  # PRIME's order: fit the implicit PRM to these outcomes, then score with it
             scorer.train_on_outcomes([t for t in trajs if t.steps], steps=cfg.prm_online_steps,
                                      batch_size=min(32, len(trajs)), seed=cfg.seed * 1_000_003 + step)
-        scores = scorer.score([t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []})
-                               for t in trajs]) if scorer is not None else None
-        adv_steps = _advantages(trajs, groups, scores, cfg, rng)
+        scores, rewards = _step_rewards(scorer, trajs) if scorer is not None else (None, None)
+        adv_steps = _advantages(trajs, groups, rewards, cfg, rng)
         prompt_ids = [tokenizer(task.build_prompt(p)).input_ids for p in problems]
         rows = []
         for i, (t, completion, adv) in enumerate(zip(trajs, batch.completions, adv_steps, strict=True)):
@@ -269,8 +294,8 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         model.eval()
         row = {"step": step + 1, "loss": round(loss.item(), 5),
                "kl": round(float((kl.detach() * act).sum() / act.sum().clamp(min=1)), 5),
-               **{k: round(v, 5) for k, v in hacking_monitors(trajs, scores,
-                                                              [t.cost.generated_tokens for t in trajs]).items()}}
+               **{k: round(v, 5) for k, v in hacking_monitors(trajs, scores, [t.cost.generated_tokens for t in trajs],
+                                                              world.padding_step).items()}}
         row["warnings"] = drift_warnings(history[0], row) if history else []
         history.append(row)
         with metrics_path.open("a") as f:
