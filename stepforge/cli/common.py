@@ -107,25 +107,32 @@ def comma_list(text: str) -> list[str]:
 
 # --- policy, task, data ---------------------------------------------------------------------
 
+def world_in(data: str) -> str | None:
+    """The world that ``--data world:NAME`` names (None: the default world, or not a world)."""
+    return data.partition(":")[2] or None if data.startswith("world") else None
+
+
 def make_cli_policy(backend: str, model: str | None, base_url: str | None, device: str = "auto",
                     dtype: str = "auto", timeout: float = 60.0, retries: int = 3, prompts_per_request: int = 16,
-                    tokenizer: str | None = None):
+                    tokenizer: str | None = None, world: str | None = None):
+    """``world``: whose policy ``--backend world`` loads (default: the default world's)."""
     from stepforge.backends import make_policy
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"world": world} if backend == "world" else {}
     if backend == "openai":
-        extra = {"timeout": timeout, "max_retries": retries, "prompts_per_request": prompts_per_request,
+        extra |= {"timeout": timeout, "max_retries": retries, "prompts_per_request": prompts_per_request,
                  "tokenizer": tokenizer}
     return make_policy(backend, model, base_url, device=device, dtype=dtype, **extra)
 
 
-def policy_identity(backend: str, model: str | None, base_url: str | None) -> dict[str, Any]:
+def policy_identity(backend: str, model: str | None, base_url: str | None, world: str | None = None
+                    ) -> dict[str, Any]:
     from stepforge.runs import fingerprint
 
     if backend == "world" and model is None:
         from stepforge.tasks import get_world
 
-        model = str(get_world().policy_dir(None))
+        model = str(get_world(world).policy_dir(None))
     return {"backend": backend, "model": fingerprint(model), "base_url": base_url}
 
 

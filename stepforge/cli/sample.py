@@ -32,6 +32,7 @@ from stepforge.cli.common import (
     progress,
     quiet_hf,
     resolve_task,
+    world_in,
 )
 
 
@@ -56,31 +57,40 @@ def train_world_policy(out: Path, steps: int, seed: int, threads: int, world_nam
 @command("train-world")
 def train_world(
     out: Annotated[Path | None, typer.Option(help="output dir (default: the user cache)")] = None,
+    world: Annotated[str | None, typer.Option(help="built-in world (default: arith)")] = None,
     steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 2000,
     seed: int = 0,
-    style: Annotated[str, typer.Option(help="solution style of the drawn problems (arith: terse | detailed)")]
-    = "terse",
+    style: Annotated[str | None, typer.Option(help="solution style of the drawn problems (arith: terse | "
+                                                   "detailed | padded; default: the world's)")] = None,
     corpus: Annotated[Path | None, typer.Option(help="train on these trajectories' steps (e.g. `stepforge "
                                                      "expand` output) instead of fresh problems")] = None,
+    hidden_size: Annotated[int | None, typer.Option(min=8, help="model width (default: PolicyTrainConfig's)")]
+    = None,
+    num_layers: Annotated[int | None, typer.Option(min=1, help="transformer layers")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="peak learning rate")] = None,
     threads: Threads = 1,
 ) -> None:
-    """Train the built-in world's tiny policy from scratch on CPU (about 2 min on 2 cores)."""
+    """Train a built-in world's tiny policy from scratch on CPU (about 2 min on 2 cores)."""
     from stepforge.tasks import get_world
 
     quiet_hf(threads)
-    world = get_world()
-    if style not in world.styles:
-        raise ValueError(f"world {world.name!r} has no style {style!r}; choose from {', '.join(world.styles)}")
-    options: dict = {"style": style}
+    chosen = get_world(world)
+    if style is not None and style not in chosen.styles:
+        raise ValueError(f"world {chosen.name!r} has no style {style!r}; choose from {', '.join(chosen.styles)}")
+    options: dict = {"style": style} if style is not None else {}
+    sizes = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr}
+    options |= {k: v for k, v in sizes.items() if v is not None}
+    if hidden_size is not None:  # the MLP keeps the shipped 4x ratio
+        options["intermediate_size"] = 4 * hidden_size
     if corpus is not None:
         from stepforge.runs import fingerprint
         from stepforge.schema import Problem, Trajectory, read_records
 
-        task = world.task
+        task = chosen.task
         options["corpus"] = [(task.build_prompt(Problem(id=t.problem_id, question=t.question, answer="")),
                               task.solution_text(t.steps)) for t in read_records(corpus, Trajectory)]
         options["record"] = {"corpus": {"file": str(corpus), **fingerprint(corpus)}}
-    where = train_world_policy(out or world.cache_dir(), steps, seed, threads, **options)
+    where = train_world_policy(out or chosen.cache_dir(), steps, seed, threads, chosen.name, **options)
     console.print(f"saved policy to [bold]{where}[/bold]")
 
 
@@ -252,10 +262,12 @@ def sample(
     """Sample N solutions per problem from any backend; writes trajectories (resumable) + summary."""
     quiet_hf(threads)
     items = load_data(data, limit, seed, field)
-    policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer)
+    policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer,
+                             world_in(data))
     chosen = resolve_task(task, data, chat, policy)
     identity = {"command": "sample", "data": data_identity(data), "limit": limit, "fields": sorted(field or []),
-                "task": chosen.name, "chat": chosen.chat, **policy_identity(backend, model, base_url), "n": n,
+                "task": chosen.name, "chat": chosen.chat, **policy_identity(backend, model, base_url, world_in(data)),
+                "n": n,
                 "temperature": temperature, "max_new_tokens": max_new_tokens, "greedy": greedy, "seed": seed}
     report = run_sampling_report(policy, items, chosen, out, n, temperature, seed, max_new_tokens, batch_problems,
                                  greedy, identity, overwrite, skip_too_long)

@@ -32,6 +32,7 @@ from stepforge.cli.common import (
     progress,
     quiet_hf,
     resolve_task,
+    world_in,
 )
 from stepforge.cli.prm import PRMFormat, load_scorer
 
@@ -130,14 +131,16 @@ def search(
     given = {"temperature": temperature, "width": width, "aggregation": aggregation}
     cfg = replace(SearchConfig(), **{k: v for k, v in given.items() if v is not None})
     items = load_data(data, limit, seed, min_steps=min_steps, max_steps=max_steps, prefix="search", seed_offset=20_000)
-    policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer)
+    policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer,
+                             world_in(data))
     chosen = resolve_task(task, data, chat, policy)
     world = world_of(chosen)
     prm_dir = prm or (world.prm_dir if world is not None else None)
     scorer = load_scorer(prm_dir, prm_format, device, dtype) if prm_dir is not None else None
     identity = {"command": "search", "data": data_identity(data), "limit": limit, "min_steps": min_steps,
                 "max_steps": max_steps, "task": chosen.name, "chat": chosen.chat,
-                **policy_identity(backend, model, base_url), "prm": fingerprint(prm_dir), "prm_format": prm_format,
+                **policy_identity(backend, model, base_url, world_in(data)), "prm": fingerprint(prm_dir),
+                "prm_format": prm_format,
                 "seed": seed}
     run_search_report(items, policy, scorer, chosen, method_list, budget_list, out, batch_problems, seed,
                       f"{chosen.name}: {len(items)} problems", identity, overwrite, cfg)

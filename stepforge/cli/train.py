@@ -30,10 +30,16 @@ from stepforge.cli.common import (
 )
 
 
-def _policy_dir(policy: str | None) -> str:
+def _policy_dir(policy: str | None, world: str | None = None) -> str:
     from stepforge.tasks import get_world
 
-    return policy or str(get_world().policy_dir(None))
+    if policy:
+        return policy
+    chosen = get_world(world)
+    where = chosen.policy_dir(None)
+    if where is None:
+        raise FileNotFoundError(f"no trained {chosen.name} policy; run `stepforge train-world --world {chosen.name}`")
+    return str(where)
 
 
 @command()
@@ -157,7 +163,12 @@ def train_sft_cmd(
 @command()
 def rl(
     out: Annotated[Path, typer.Option(help="run directory (metrics.jsonl, checkpoint.pt); re-run resumes")],
-    credit: Annotated[str, typer.Option(help="outcome | sum | min | min_vr")] = "min",
+    credit: Annotated[str, typer.Option(help="outcome | sum | min | min_vr | sum_vr (*_vr: the verifiable reward "
+                                             "on the last step of --vr-share of the groups)")] = "min",
+    world: Annotated[str | None, typer.Option(help="built-in world the problems, policy and PRM come from "
+                                                   "(arith | arith-padded; default: arith)")] = None,
+    vr_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="*_vr: share of groups given the "
+                                                                          "verifiable reward (PURE: 0.1)")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="RL steps (default: RLConfig's)")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Adam learning rate (default: RLConfig's, which suits "
                                                            "--trainable norm)")] = None,
@@ -195,12 +206,12 @@ def rl(
     quiet_hf(threads)
     given = {"steps": steps, "lr": lr, "kl_coef": kl_coef, "problems_per_step": problems_per_step,
              "samples_per_problem": samples_per_problem, "temperature": temperature, "gamma": gamma,
-             "baseline": baseline, "trainable": None if trainable is None else tuple(comma_list(trainable))}
+             "baseline": baseline, "trainable": None if trainable is None else tuple(comma_list(trainable)),
+             "vr_share": vr_share, "world": world}
     cfg = replace(RLConfig(credit=credit, seed=seed, prm_online_steps=prm_online_steps),
                   **{k: v for k, v in given.items() if v is not None})
-    where = _policy_dir(policy)
-    world = get_world(cfg.world)
-    prm_where = None if credit == "outcome" or prm == "implicit" else (prm or world.prm_dir)
+    where = _policy_dir(policy, cfg.world)
+    prm_where = None if credit == "outcome" or prm == "implicit" else (prm or get_world(cfg.world).prm_dir)
     identity = {"command": "rl", **{k: v for k, v in asdict(cfg).items() if k != "steps"},
                 "policy": fingerprint(where), "prm": "implicit" if prm == "implicit" else fingerprint(prm_where)}
     claim_output(out, identity, overwrite=overwrite)

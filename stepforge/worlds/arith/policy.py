@@ -25,6 +25,9 @@ from stepforge.worlds.arith.tokenizer import build_tokenizer
 
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoint"
 SHIPPED_PRM = Path(__file__).parent / "prm"  # trained by `stepforge train-prm` on MC labels (see its json)
+# the padded world (arith-padded): its own policy and PRM, commands in their json files
+PADDED_CHECKPOINT = Path(__file__).parent / "padded" / "checkpoint"
+PADDED_PRM = Path(__file__).parent / "padded" / "prm"
 
 
 @dataclass
@@ -80,7 +83,7 @@ def drawn_examples(rng: random.Random, cfg: PolicyTrainConfig) -> Iterator[Examp
     """Fresh problems forever: ``question\\n`` -> solution in ``cfg.style``."""
     while True:
         p = sample_problem(rng, cfg.world)
-        yield p.question + "\n", p.solution_in(cfg.style)
+        yield p.question + "\n", p.solution_in(cfg.style, rng)
 
 
 def corpus_examples(corpus: Sequence[Example], seed: int) -> Iterator[Example]:
@@ -174,28 +177,30 @@ def _jsonable(d: dict) -> dict:
     return {k: (_jsonable(asdict(v)) if hasattr(v, "__dataclass_fields__") else v) for k, v in d.items()}
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(world: str = "arith") -> Path:
     import os
 
-    return Path(os.environ.get("STEPFORGE_CACHE", Path.home() / ".cache" / "stepforge")) / "arith-policy"
+    return Path(os.environ.get("STEPFORGE_CACHE", Path.home() / ".cache" / "stepforge")) / f"{world}-policy"
 
 
-def resolve_policy_dir(path: str | Path | None = None) -> Path | None:
+def resolve_policy_dir(path: str | Path | None = None, world: str = "arith") -> Path | None:
     """Where a trained world policy lives: ``path``, else the shipped checkpoint, else the cache."""
     if path is not None:
         return Path(path)
-    for candidate in (SHIPPED_CHECKPOINT, default_cache_dir()):
+    shipped = SHIPPED_CHECKPOINT if world == "arith" else PADDED_CHECKPOINT
+    for candidate in (shipped, default_cache_dir(world)):
         if (candidate / "config.json").exists():
             return candidate
     return None
 
 
-def load_policy(path: str | Path | None = None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def load_policy(path: str | Path | None = None, world: str = "arith"
+                ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """Load the trained world policy (eval mode). Raises FileNotFoundError with the fix if absent."""
-    where = resolve_policy_dir(path)
+    where = resolve_policy_dir(path, world)
     if where is None or not (where / "config.json").exists():
-        raise FileNotFoundError(f"no trained arith policy at {where or default_cache_dir()}; "
-                                "run `stepforge train-world` (about 3 min on 2 cores)")
+        raise FileNotFoundError(f"no trained {world} policy at {where or default_cache_dir(world)}; "
+                                f"run `stepforge train-world --world {world}` (about 3 min on 2 cores)")
     model = LlamaForCausalLM.from_pretrained(where)
     model.eval()
     return model, build_tokenizer()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from stepforge.schema import Problem
@@ -37,22 +38,22 @@ def generate(n: int, seed: int = 0, prefix: str = "arith", min_steps: int | None
     return arith.generate_problems(n, arith.ArithConfig(min_steps=lo, max_steps=hi), seed=seed, prefix=prefix)
 
 
-def _policy_dir(path: str | Path | None = None) -> Path | None:
+def _policy_dir(path: str | Path | None = None, world: str = "arith") -> Path | None:
     from stepforge.worlds.arith.policy import resolve_policy_dir
 
-    return resolve_policy_dir(path)
+    return resolve_policy_dir(path, world)
 
 
-def _load_policy(path: str | Path | None = None):
+def _load_policy(path: str | Path | None = None, world: str = "arith"):
     from stepforge.worlds.arith.policy import load_policy
 
-    return load_policy(path)
+    return load_policy(path, world)
 
 
-def _cache_dir() -> Path:
+def _cache_dir(world: str = "arith") -> Path:
     from stepforge.worlds.arith.policy import default_cache_dir
 
-    return default_cache_dir()
+    return default_cache_dir(world)
 
 
 def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None,
@@ -75,5 +76,17 @@ ARITH_WORLD = register_world(World(
     name="arith", task=ARITH, generate=generate, policy_dir=_policy_dir, load_policy=_load_policy,
     train_policy=_train_policy, cache_dir=lambda: _cache_dir(), prm_dir=Path(__file__).parent / "prm",
     defaults={"min_steps": 4, "max_steps": 6, "search_min_steps": 6, "search_max_steps": 8},
-    reference_steps=_reference_steps, styles=arith.STYLES,
+    reference_steps=_reference_steps, styles=arith.STYLES, padding_step=arith.is_check_line,
+))
+
+# The same problems and checker, with a policy trained on padded solutions (check lines that
+# restate the running value) and a PRM trained on its samples: room for a policy to game a
+# step-level reward by padding, as PURE saw (bench/credit_assignment.py).
+PADDED = "arith-padded"
+ARITH_PADDED_WORLD = register_world(World(
+    name=PADDED, task=ARITH, generate=generate, policy_dir=partial(_policy_dir, world=PADDED),
+    load_policy=partial(_load_policy, world=PADDED), train_policy=partial(_train_policy, style="padded"),
+    cache_dir=partial(_cache_dir, PADDED), prm_dir=Path(__file__).parent / "padded" / "prm",
+    defaults=ARITH_WORLD.defaults, reference_steps=_reference_steps, styles=arith.STYLES,
+    padding_step=arith.is_check_line,
 ))
