@@ -57,3 +57,22 @@ def test_a_policy_can_start_from_trained_weights_with_new_special_tokens(tmp_pat
     assert grown.config.vocab_size == len(tok) == base.config.vocab_size + 3
     old = base.get_input_embeddings().weight
     assert torch.allclose(grown.get_input_embeddings().weight[:len(old)], old, atol=1e-5)  # kept, lr ~ 0
+
+
+def test_train_world_cli_trains_the_padded_world_at_a_chosen_size(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+    from stepforge.tasks import get_world
+
+    monkeypatch.setenv("STEPFORGE_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(app, ["train-world", "--world", "arith-padded", "--steps", "3", "--hidden-size", "16",
+                                 "--num-layers", "1", "--lr", "1e-3"])
+    assert r.exit_code == 0, r.output
+    where = tmp_path / "cache" / "arith-padded-policy"  # the padded world's own cache, not the arith one
+    record = json.loads((where / "stepforge_train.json").read_text())["config"]
+    assert record["style"] == "padded" and record["hidden_size"] == 16 and record["intermediate_size"] == 64
+    assert record["num_layers"] == 1 and record["lr"] == 1e-3 and record["device"] == "cpu"
+    assert get_world("arith-padded").policy_dir(where) == where
+    r = CliRunner().invoke(app, ["train-world", "--world", "arith-padded", "--style", "fancy"])
+    assert r.exit_code != 0 and "no style 'fancy'" in r.output

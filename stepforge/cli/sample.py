@@ -68,9 +68,13 @@ def train_world(
     = None,
     num_layers: Annotated[int | None, typer.Option(min=1, help="transformer layers")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="peak learning rate")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="start from this trained policy's weights (e.g. teach "
+                                                        "the shipped policy a new style)")] = None,
+    device: Annotated[str, typer.Option(help="cpu (fastest for the default size) | cuda | cuda:N | auto")] = "cpu",
     threads: Threads = 1,
 ) -> None:
     """Train a built-in world's tiny policy from scratch on CPU (about 2 min on 2 cores)."""
+    from stepforge.backends.device import resolve_device
     from stepforge.tasks import get_world
 
     quiet_hf(threads)
@@ -78,7 +82,9 @@ def train_world(
     if style is not None and style not in chosen.styles:
         raise ValueError(f"world {chosen.name!r} has no style {style!r}; choose from {', '.join(chosen.styles)}")
     options: dict = {"style": style} if style is not None else {}
-    sizes = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr}
+    sizes = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr,
+             "init_from": str(init_from) if init_from else None,
+             "device": str(resolve_device(device)) if device != "cpu" else None}
     options |= {k: v for k, v in sizes.items() if v is not None}
     if hidden_size is not None:  # the MLP keeps the shipped 4x ratio
         options["intermediate_size"] = 4 * hidden_size

@@ -57,6 +57,7 @@ class PolicyTrainConfig:
     prompt_loss: bool = False
     # start from this trained model's weights instead of scratch (embeddings grow to the tokenizer)
     init_from: str | None = None
+    device: str = "cpu"  # cpu | cuda[:N] (the CLI resolves auto); the default size trains fastest on one CPU thread
     world: ArithConfig = field(default_factory=lambda: ArithConfig(min_steps=2, max_steps=12))
 
     def __post_init__(self) -> None:
@@ -135,7 +136,8 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     else:
         model = build_model(cfg, tokenizer)
-    model.train()
+    device = torch.device(cfg.device)
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 0
@@ -148,7 +150,8 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
                 else drawn_examples(random.Random(cfg.seed), cfg))
     start, ema, tokens = time.perf_counter(), None, 0
     for step in range(cfg.steps):
-        batch = training_batch(examples, cfg.batch_size, tokenizer, cfg.prompt_loss)
+        batch = {k: v.to(device) for k, v in training_batch(examples, cfg.batch_size, tokenizer,
+                                                              cfg.prompt_loss).items()}
         tokens += int((batch["labels"] != -100).sum())
         loss = model(**batch).loss
         loss.backward()
@@ -162,7 +165,7 @@ def train_policy(out_dir: str | Path, cfg: PolicyTrainConfig | None = None,
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.cpu().save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {"config": _jsonable(asdict(cfg)), "final_loss_ema": ema, "train_seconds": time.perf_counter() - start,
             "completion_tokens": tokens, "torch_threads": cfg.threads, "command": " ".join(sys.argv),
