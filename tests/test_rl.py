@@ -159,3 +159,27 @@ def test_online_implicit_prm_is_refit_and_resumed(tmp_path, world_policy):
     with pytest.raises(ValueError, match="implicit PRM"):
         train_rl(copy.deepcopy(world_policy.model), tok, tmp_path / "c", RLConfig(steps=1, **cfg),
                  scorer=object())
+
+
+@pytest.mark.slow
+def test_cli_rl_on_the_padded_world_with_primes_mix(tmp_path):
+    """The fifth PURE comparison from the CLI: an online implicit PRM plus the verifiable reward on
+    every group, in the padded world (its own policy; the padding monitor on); then resumed."""
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+
+    args = ["rl", "--world", "arith-padded", "--out", str(tmp_path / "rl"), "--credit", "sum_vr", "--vr-share", "1",
+            "--prm", "implicit", "--prm-online-steps", "1", "--baseline", "rloo", "--trainable", "",
+            "--lr", "1e-5", "--problems-per-step", "2", "--samples-per-problem", "2", "--steps", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "rl" / "metrics.jsonl").read_text())
+    assert 0.0 <= row["padding_share"] <= 1.0 and "prm_verifier_gap" in row
+    run = json.loads((tmp_path / "rl" / "run.json").read_text())
+    assert "arith-padded" in json.dumps(run)
+    r = CliRunner().invoke(app, [*args[:-1], "2"])  # more steps: resumes after step 1
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
+    r = CliRunner().invoke(app, [*args[:-1], "2", "--world", "arith"])  # another world's policy: refused
+    assert r.exit_code != 0
