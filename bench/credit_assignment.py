@@ -17,7 +17,7 @@ and step count per RL step).
 - ``steps_to_outcome_final_acc``: the first evaluation step at which min / min_vr reach
   outcome-only's final held-out accuracy (null if never, or if outcome-only did not improve).
 
-    python bench/credit_assignment.py [--world arith-padded --steps 80 --lr 1e-5 --jobs 2]
+    python bench/credit_assignment.py [--world arith-padded --steps 80 --lr 3e-5 --jobs 2 --device cuda]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import json
 import multiprocessing
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from _common import quiet_cpu
@@ -71,6 +71,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     base = base.to(device)
     held_out = world.generate(args.held_out, seed=99_001, prefix="heldout", min_steps=6, max_steps=8)
     settings = {"trainable": tuple(x for x in args.trainable.split(",") if x), "lr": args.lr, "world": world.name,
+                "seed": args.seed,
                 "save_every": args.eval_every, "max_new_tokens": 96, **VARIANTS[variant]}
     implicit = variant == "prime"
     prm = None if variant == "outcome" or implicit else ProcessRewardModel.from_pretrained(
@@ -105,11 +106,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--held-out", type=int, default=500)
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lr", type=float, default=3e-5, help="the best outcome-only rate in bench/rl_movability.py")
     ap.add_argument("--trainable", default="", help="comma-separated parameter-name parts; '' = all")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--jobs", type=int, default=2, help="variants run in parallel processes (one thread each)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (the processes share it)")
+    ap.add_argument("--seed", type=int, default=0, help="RL seed (problems, samples, VR groups)")
+    ap.add_argument("--out", default=None, help="also append each variant's result here as it finishes (JSONL)")
     ap.add_argument("--plot", default="runs/bench/credit_assignment_world.png",
                     help="plot path (default under runs/; pass docs/... to refresh the README figure)")
     args = ap.parse_args()
@@ -117,8 +120,15 @@ def main() -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    results = {}
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = dict(zip(variants, pool.map(run_variant, variants, [args] * len(variants)), strict=True))
+        futures = {pool.submit(run_variant, v, args): v for v in variants}
+        for done in as_completed(futures):
+            results[futures[done]] = done.result()
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({"variant": futures[done], "seed": args.seed, **results[futures[done]]}) + "\n")
+    results = {v: results[v] for v in variants}
     final = {v: r["curve"][-1][1] for v, r in results.items()}
     start = results[variants[0]]["curve"][0][1]
     target = final.get("outcome")
@@ -128,7 +138,7 @@ def main() -> None:
             reach[v] = next((s for s, a in results[v]["curve"] if s > 0 and a >= target), None)
     _plot(results, args.plot)
     print(json.dumps({
-        "bench": "credit_assignment", "world": args.world, "steps": args.steps, "lr": args.lr,
+        "bench": "credit_assignment", "world": args.world, "steps": args.steps, "lr": args.lr, "seed": args.seed,
         "trainable": args.trainable, "device": args.device, "start_acc": start, "acc": final,
         "greedy_acc": {v: r["greedy"] for v, r in results.items()},
         "steps_to_outcome_final_acc": reach,

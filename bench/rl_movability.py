@@ -15,7 +15,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from credit_assignment import run_variant
 
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--trainable", default="", help="'' = all parameters")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None, help="also append each run's result here as it finishes (JSONL)")
     args = ap.parse_args()
     runs = []
     for policy, lr in itertools.product(args.policies.split(",") if args.policies else [None],
@@ -38,14 +39,19 @@ def main() -> None:
         runs.append(argparse.Namespace(world=args.world, policy=policy, prm=None, held_out=args.held_out,
                                        trainable=args.trainable, lr=lr, eval_every=args.eval_every,
                                        steps=args.steps, device=args.device))
+    rows = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(run_variant, ["outcome"] * len(runs), runs))
+        futures = {pool.submit(run_variant, "outcome", r): r for r in runs}
+        for done in as_completed(futures):
+            r, res = futures[done], done.result()
+            rows.append({"policy": r.policy, "lr": r.lr, "curve": res["curve"], "greedy": res["greedy"],
+                         "kl": res["last"]["kl"], "alarms": res["alarms"], "first": res["first"], "last": res["last"]})
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
+    rows.sort(key=lambda row: (str(row["policy"]), row["lr"]))
     print(json.dumps({"bench": "rl_movability", "world": args.world, "steps": args.steps,
-                      "trainable": args.trainable or "all", "device": args.device,
-                      "runs": [{"policy": r.policy, "lr": r.lr, "curve": res["curve"], "greedy": res["greedy"],
-                                "kl": res["last"]["kl"], "alarms": res["alarms"], "first": res["first"],
-                                "last": res["last"]}
-                               for r, res in zip(runs, results, strict=True)]}))
+                      "trainable": args.trainable or "all", "device": args.device, "runs": rows}))
 
 
 if __name__ == "__main__":
