@@ -76,3 +76,18 @@ def test_train_world_cli_trains_the_padded_world_at_a_chosen_size(tmp_path, monk
     assert get_world("arith-padded").policy_dir(where) == where
     r = CliRunner().invoke(app, ["train-world", "--world", "arith-padded", "--style", "fancy"])
     assert r.exit_code != 0 and "no style 'fancy'" in r.output
+
+
+def test_the_world_backend_follows_the_data_world():
+    from stepforge.cli.common import make_cli_policy, policy_identity, world_in
+    from stepforge.worlds.arith.policy import PADDED_CHECKPOINT, SHIPPED_CHECKPOINT
+
+    assert world_in("world:arith-padded") == "arith-padded" and world_in("world") is None
+    assert world_in("gsm8k:test") is None
+    padded = make_cli_policy("world", None, None, "cpu", "float32", world=world_in("world:arith-padded"))
+    plain = make_cli_policy("world", None, None, "cpu", "float32")
+    assert padded.name == "world:arith-padded" and plain.name == "world:arith"
+    first = next(iter(padded.model.state_dict().values()))
+    assert not first.equal(next(iter(plain.model.state_dict().values())))
+    ids = {policy_identity("world", None, None, w)["model"]["path"] for w in ("arith-padded", None)}
+    assert len(ids) == 2 and str(PADDED_CHECKPOINT) in " ".join(ids) and str(SHIPPED_CHECKPOINT) in " ".join(ids)
