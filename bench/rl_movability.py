@@ -38,7 +38,7 @@ def main() -> None:
                                         [float(x) for x in args.lrs.split(",")]):
         runs.append(argparse.Namespace(world=args.world, policy=policy, prm=None, held_out=args.held_out,
                                        trainable=args.trainable, lr=lr, eval_every=args.eval_every,
-                                       steps=args.steps, device=args.device))
+                                       steps=args.steps, device=args.device, seed=0))
     rows = []
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_variant, "outcome", r): r for r in runs}
