@@ -142,6 +142,11 @@ class World:
     styles: tuple[str, ...] = ("terse",)
     # a step that adds nothing (the padded world's check lines): the RL padding monitor
     padding_step: Callable[[str], bool] | None = None
+    # concept-seeded synthesis (MUSTARD): level -> group -> concepts; (level, concepts, seed, id)
+    # -> one problem in which the concepts occur often; problem -> the concept of each step
+    concepts: dict[str, dict[str, tuple[str, ...]]] | None = None
+    generate_seeded: Callable[[str, Sequence[str], int, str], Problem] | None = None
+    concepts_of: Callable[[Problem], list[str]] | None = None
 
 
 TASKS: dict[str, Task] = {}

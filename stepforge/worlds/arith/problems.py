@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stepforge.schema import Problem
@@ -166,6 +167,63 @@ def sample_problem(rng: random.Random, config: ArithConfig, max_tries: int = 100
             return ArithProblem(start=start, ops=tuple(ops))
     raise ValueError(f"no {config.min_steps}-step chain fits within [0, {config.max_value}] with operators "
                      f"{config.operators!r} after {max_tries} tries; allow '-' or raise max_value")
+
+
+# Skill atoms (MUSTARD's concepts, issue #13): what one operation asks of the solver, grouped
+# by operator. Levels grow chain length and value range.
+ATOM_GROUPS: dict[str, tuple[str, ...]] = {
+    "addition": ("add_no_carry", "add_carry"),
+    "subtraction": ("sub_no_borrow", "sub_borrow"),
+    "multiplication": ("mul_2", "mul_3", "mul_4", "mul_5"),
+}
+LEVELS: dict[int, ArithConfig] = {
+    1: ArithConfig(min_steps=2, max_steps=3, max_start=20, max_value=60),
+    2: ArithConfig(min_steps=4, max_steps=6),
+    3: ArithConfig(min_steps=7, max_steps=10),
+}
+
+
+def operation_atom(value: int, op: str, operand: int) -> str:
+    """The skill atom of ``value op operand``: a carry/borrow in the units digit, or the factor."""
+    if op == "+":
+        return "add_carry" if value % 10 + operand >= 10 else "add_no_carry"
+    if op == "-":
+        return "sub_borrow" if value % 10 < operand else "sub_no_borrow"
+    return f"mul_{operand}"
+
+
+def problem_atoms(problem: ArithProblem) -> list[str]:
+    """The atom of each operation, in order."""
+    before = (problem.start, *problem.values[:-1])
+    return [operation_atom(v, op, k) for v, (op, k) in zip(before, problem.ops, strict=True)]
+
+
+def sample_seeded_problem(rng: random.Random, config: ArithConfig, atoms: Sequence[str], rate: float = 0.7,
+                          max_tries: int = 1000) -> ArithProblem:
+    """:func:`sample_problem` where each operation is, with probability ``rate``, drawn among
+    those of the seeded ``atoms`` (when one fits the running value), so seeded atoms occur
+    often; the rest are drawn as usual."""
+    known = {a for group in ATOM_GROUPS.values() for a in group}
+    if set(atoms) - known:
+        raise ValueError(f"unknown skill atoms {sorted(set(atoms) - known)}; known: {sorted(known)}")
+    for _ in range(max_tries):
+        n_steps = rng.randint(config.min_steps, config.max_steps)
+        start = v = rng.randint(1, config.max_start)
+        ops: list[tuple[str, int]] = []
+        for _ in range(n_steps):
+            choices = [(op, k) for op in config.operators for k in _operands(op, config)
+                       if 0 <= apply_op(v, op, k) <= config.max_value]
+            seeded = [c for c in choices if operation_atom(v, *c) in atoms]
+            if seeded and rng.random() < rate:
+                choices = seeded
+            if not choices:
+                break
+            op, k = rng.choice(choices)
+            ops.append((op, k))
+            v = apply_op(v, op, k)
+        else:
+            return ArithProblem(start=start, ops=tuple(ops))
+    raise ValueError(f"no chain fits {config} with atoms {list(atoms)} after {max_tries} tries")
 
 
 def _operands(op: str, config: ArithConfig) -> range:

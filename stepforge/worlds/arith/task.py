@@ -68,6 +68,21 @@ def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: in
                         progress=progress, corpus=corpus, tokenizer=tokenizer, record=record)
 
 
+def _generate_seeded(level: str, concepts, seed: int, problem_id: str) -> Problem:
+    import random
+
+    if level not in {str(k) for k in arith.LEVELS}:
+        raise ValueError(f"unknown arith level {level!r}; levels: {', '.join(map(str, arith.LEVELS))}")
+    return arith.sample_seeded_problem(random.Random(seed), arith.LEVELS[int(level)], concepts).to_problem(problem_id)
+
+
+def _concepts_of(problem: Problem) -> list[str]:
+    return arith.problem_atoms(arith.parse_question(problem.question))
+
+
+CONCEPTS = {str(level): dict(arith.ATOM_GROUPS) for level in arith.LEVELS}
+
+
 def _reference_steps(problem: Problem, style: str = "terse") -> list[str]:
     return arith.parse_question(problem.question).solution_in(style).split("\n")
 
@@ -77,6 +92,7 @@ ARITH_WORLD = register_world(World(
     train_policy=_train_policy, cache_dir=lambda: _cache_dir(), prm_dir=Path(__file__).parent / "prm",
     defaults={"min_steps": 4, "max_steps": 6, "search_min_steps": 6, "search_max_steps": 8},
     reference_steps=_reference_steps, styles=arith.STYLES, padding_step=arith.is_check_line,
+    concepts=CONCEPTS, generate_seeded=_generate_seeded, concepts_of=_concepts_of,
 ))
 
 # The same problems and checker, with a policy trained on padded solutions (check lines that
@@ -88,5 +104,5 @@ ARITH_PADDED_WORLD = register_world(World(
     load_policy=partial(_load_policy, world=PADDED), train_policy=partial(_train_policy, style="padded"),
     cache_dir=partial(_cache_dir, PADDED), prm_dir=Path(__file__).parent / "padded" / "prm",
     defaults=ARITH_WORLD.defaults, reference_steps=_reference_steps, styles=arith.STYLES,
-    padding_step=arith.is_check_line,
+    padding_step=arith.is_check_line, concepts=CONCEPTS, generate_seeded=_generate_seeded, concepts_of=_concepts_of,
 ))
