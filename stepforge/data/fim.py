@@ -81,6 +81,13 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.strip(), b.strip()).ratio()
 
 
+def more_similar_than(a: str, b: str, threshold: float) -> bool:
+    """``similarity(a, b) > threshold``, cheaply ruling out most pairs by difflib's upper bounds
+    first (for all-pairs checks such as deduplication)."""
+    m = difflib.SequenceMatcher(None, a.strip(), b.strip())
+    return m.real_quick_ratio() > threshold and m.quick_ratio() > threshold and m.ratio() > threshold
+
+
 def drop_reason(candidate: str, next_step: str, *, eta: float = ETA,
                 is_final_step: Callable[[str], bool] = lambda s: False,
                 is_right: Callable[[], bool | None] | None = None) -> DropReason | None:
