@@ -232,3 +232,21 @@ def test_cli_synthesizes_in_the_world_and_resumes(tmp_path):
     r = CliRunner().invoke(app, ["synthesize", "-o", str(tmp_path / "x.jsonl"), "--concepts",
                                  str(tmp_path / "missing.yaml")])
     assert r.exit_code != 0
+
+
+def test_world_synthesis_through_stepforge_serve(world_policy):
+    """The world path with the solver behind an OpenAI-compatible server (`stepforge serve`)."""
+    server = PolicyServer(world_policy)
+    serve_in_thread(server)
+    try:
+        remote = OpenAIPolicy(server.base_url, "stepforge")
+        seeds = draw_seeds(ConceptLibrary(WORLD.concepts), 8, seed=5)
+        records, cost = synthesize_batch(WorldGenerator(WORLD, remote), world_prover(WORLD.task), seeds,
+                                         SynthConfig(rounds=2))
+    finally:
+        server.shutdown()
+    assert len(records) == 8 and cost.generated_tokens > 0
+    prove = world_prover(WORLD.task)
+    for r in records:  # the verdict stored is the prover's on the stored solution
+        assert r.verified == prove(Problem(id=r.id, question=r.problem, answer=r.answer), r.solution).ok
+        assert r.rounds <= 2 and len(r.messages) == r.rounds + (not r.verified)
