@@ -87,3 +87,32 @@ class CheckerScorer:
             fe = first_error(t.question, t.steps)
             out.append([1.0 if fe is None or i < fe else 0.0 for i in range(len(t.steps))])
         return out
+
+
+class FixingPolicy:
+    """The world's prompts: a first draft whose second line is off by one and whose later lines
+    follow from it (so the answer is wrong too); a continuation (a prompt that already has
+    steps) is always right (with ``fix=False``: as wrong as a draft)."""
+
+    name = "fixing"
+
+    def __init__(self, fix: bool = True) -> None:
+        self.fix = fix
+        self.prompts: list[str] = []
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
+        self.prompts.extend(prompts)
+        rows = []
+        for prompt in prompts:
+            question, *done = [x for x in prompt.split("\n") if x]
+            p = parse_question(question)
+            steps = p.steps
+            if not done or not self.fix:  # a draft: the second line is off by one, the rest follows
+                v = p.values[1] + 1
+                lines = [p.steps[0], f"{TAGS[1]}{p.ops[1][0]}{p.ops[1][1]}={v}"]
+                for i in range(2, len(p.ops)):
+                    v = apply_op(v, *p.ops[i])
+                    lines.append(f"{TAGS[i]}{p.ops[i][0]}{p.ops[i][1]}={v}")
+                steps = [*lines, f"Answer: {v}"]
+            rows.append([Completion("\n".join(steps[len(done):]), 7, "stop", None)])
+        return GenerationResult(rows, GenerationCost(0, 7 * len(prompts), len(prompts)))

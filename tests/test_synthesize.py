@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from scripted import FixingPolicy
 
 from stepforge.backends.base import Completion, GenerationCost, GenerationResult
 from stepforge.backends.openai_backend import OpenAIPolicy
@@ -91,30 +92,6 @@ def test_equation_prover_by_hand():
     assert (v.ok, v.line) == (False, 2) and "last computed value" in v.message
     v = equation_prover(Problem(id="q", question="", answer=""), ok[:2])
     assert not v.ok and "####" in v.message
-
-
-class FixingPolicy:
-    """The world's prompts: a first draft with a wrong second line; a continuation (a prompt that
-    already has steps) always right."""
-
-    name = "fixing"
-
-    def __init__(self, fix: bool = True) -> None:
-        self.fix = fix
-        self.prompts: list[str] = []
-
-    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
-        self.prompts.extend(prompts)
-        rows = []
-        for prompt in prompts:
-            question, *done = [x for x in prompt.split("\n") if x]
-            p = parse_question(question)
-            steps = p.steps
-            if not done or not self.fix:  # a draft: the second line is off by one
-                wrong = steps[1].split("=")
-                steps = [steps[0], f"{wrong[0]}={int(wrong[1]) + 1}", *steps[2:]]
-            rows.append([Completion("\n".join(steps[len(done):]), 7, "stop", None)])
-        return GenerationResult(rows, GenerationCost(0, 7 * len(prompts), len(prompts)))
 
 
 def _seeds(n: int, level: str = "2") -> list[Seed]:

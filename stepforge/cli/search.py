@@ -144,3 +144,94 @@ def search(
                 "seed": seed}
     run_search_report(items, policy, scorer, chosen, method_list, budget_list, out, batch_problems, seed,
                       f"{chosen.name}: {len(items)} problems", identity, overwrite, cfg)
+
+
+@command()
+def refine(
+    out: Annotated[Path, typer.Option("--out", "-o", help="one record per problem (JSONL; re-running resumes)")],
+    critic: Annotated[str, typer.Option(help="none (self, no feedback) | oracle (exact checker; worlds) | "
+                                             "prm[:DIR] (default DIR: the world's PRM) | judge:MODEL (an LLM "
+                                             "judge through --judge-backend)")] = "prm",
+    rounds: Annotated[int, typer.Option(min=0, help="revision rounds after the first answer")] = 2,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="prm: flag the first line scored below "
+                                                                    "this (calibrate with eval-prm)")] = 0.5,
+    data: Annotated[str, typer.Option(help="'world[:NAME]', 'gsm8k:<split>', 'math500', or a file/dataset")]
+    = "world",
+    limit: Annotated[int, typer.Option(min=1)] = 200,
+    min_steps: Annotated[int, typer.Option(min=1, help="world problems: fewest steps")] = 6,
+    max_steps: Annotated[int, typer.Option(min=1, help="world problems: most steps")] = 8,
+    temperature: Annotated[float, typer.Option(min=0.0, help="sampling temperature of answers and revisions")]
+    = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    backend: Backend = "world",
+    model: Model = None,
+    base_url: BaseUrl = None,
+    judge_backend: Annotated[str, typer.Option(help="backend of judge:MODEL")] = "openai",
+    judge_base_url: Annotated[str | None, typer.Option(help="judge server (default: --base-url)")] = None,
+    task: Annotated[str | None, typer.Option(help="arith | gsm8k | math (default: from --data)")] = None,
+    batch_problems: Annotated[int, typer.Option(min=1)] = 64,
+    chat: ChatFlag = None,
+    seed: int = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    timeout: Timeout = 60.0,
+    retries: Retries = 3,
+    prompts_per_request: PromptsPerRequest = 16,
+    tokenizer: TokenizerDir = None,
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """Recursive refinement (PRefLexOR): answer, let a critic flag a line, keep the lines before
+    it and resample the rest, repeat; prints accuracy and tokens per round."""
+    from stepforge.runs import claim_output, fingerprint
+    from stepforge.search.refine import JudgeCritic, NoCritic, OracleCritic, PRMCritic, refine_to_file
+    from stepforge.tasks import world_of
+
+    quiet_hf(threads)
+    items = load_data(data, limit, seed, min_steps=min_steps, max_steps=max_steps, prefix="refine",
+                      seed_offset=40_000)
+    policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer,
+                             world_in(data))
+    chosen = resolve_task(task, data, chat, policy)
+    kind, _, where = critic.partition(":")
+    if kind == "none":
+        judge = NoCritic()
+    elif kind == "oracle":
+        judge = OracleCritic(chosen)
+    elif kind == "prm":
+        world = world_of(chosen)
+        prm_dir = where or (world.prm_dir if world is not None else None)
+        if prm_dir is None:
+            raise ValueError("--critic prm needs a PRM directory on real data: --critic prm:DIR")
+        judge = PRMCritic(load_scorer(Path(prm_dir), "stepforge", device, dtype), threshold)
+        where = str(prm_dir)
+    elif kind == "judge":
+        if not where:
+            raise ValueError("--critic judge needs a model: --critic judge:MODEL")
+        judge = JudgeCritic(make_cli_policy(judge_backend, where, judge_base_url or base_url, device, dtype, timeout,
+                                            retries, prompts_per_request), chat=judge_backend != "world")
+    else:
+        raise ValueError(f"unknown critic {critic!r}; choose none, oracle, prm[:DIR] or judge:MODEL")
+    identity = {"command": "refine", "data": data_identity(data), "limit": limit, "min_steps": min_steps,
+                "max_steps": max_steps, "critic": kind, "critic_model": fingerprint(where) if where else None,
+                "threshold": threshold, "rounds": rounds, "temperature": temperature,
+                "max_new_tokens": max_new_tokens, "task": chosen.name, "chat": chosen.chat,
+                **policy_identity(backend, model, base_url, world_in(data)), "seed": seed}
+    claim_output(out, identity, overwrite=overwrite)
+    with progress() as bar:
+        t = bar.add_task(f"refining ({kind} critic, {rounds} rounds)", total=len(items), rate="")
+        records = refine_to_file(policy, items, chosen, judge, out, rounds, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed, batch_problems=batch_problems,
+                                 on_batch=lambda n: bar.update(t, advance=n))
+        bar.update(t, completed=len(items))
+    table = Table(title=f"refinement with the {kind} critic ({len(records)} problems)")
+    for c in ("round", "latest answer", "majority of rounds", "revised", "gen tokens / problem"):
+        table.add_column(c, justify="right")
+    spent = 0.0
+    for r in range(rounds + 1):
+        spent += sum(rec.generated_tokens[r] for rec in records) / len(records)
+        table.add_row(str(r), f"{sum(rec.correct[r] for rec in records) / len(records):.1%}",
+                      f"{sum(rec.integrated[r] for rec in records) / len(records):.1%}",
+                      str(sum(rec.revised_from[r] is not None for rec in records)), f"{spent:,.0f}")
+    console.print(table)
+    console.print(f"wrote [bold]{out}[/bold]")
