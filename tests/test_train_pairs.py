@@ -90,3 +90,37 @@ def test_trl_dpo_learns_the_preference_without_eos_after_a_step():
     after = margin()
     assert all(a > b + 0.5 for a, b in zip(after, before, strict=True))
     assert tok.eos_token == "</s>"  # the caller's tokenizer is untouched
+
+
+def test_active_orpo_regenerates_its_own_rejected_answers(world_policy):
+    import copy
+
+    from stepforge.train.dpo import train_orpo_active
+    from stepforge.worlds.arith import ARITH
+    from stepforge.worlds.arith.problems import parse_question
+    from stepforge.worlds.arith.task import generate
+
+    problems = generate(12, seed=5, prefix="orpo", min_steps=6, max_steps=8)
+    tok = world_policy.tokenizer
+
+    def chosen(p):
+        return parse_question(p.question).solution
+
+    def chosen_logp(model):
+        prompts = [p.question + "\n" for p in problems]
+        return _completion_mean_logp(model, tok, prompts, [chosen(p) + tok.eos_token for p in problems]).mean().item()
+
+    settings = dict(samples=2, steps=6, batch_size=4, lr=1e-5, max_new_tokens=96, seed=1)
+    active = copy.deepcopy(world_policy.model)
+    before = chosen_logp(active)
+    history = train_orpo_active(active, tok, ARITH, problems, chosen, regenerate_every=3, **settings)
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert all(0 < h["rejected_problems"] <= 12 for h in history)
+    assert chosen_logp(active) > before  # the chosen answers became likelier
+    static = train_orpo_active(copy.deepcopy(world_policy.model), tok, ARITH, problems, chosen, regenerate_every=0,
+                               **settings)
+    assert len({h["rejected_problems"] for h in static}) == 1  # sampled once
+    sft = copy.deepcopy(world_policy.model)
+    control = train_orpo_active(sft, tok, ARITH, problems, chosen, lam=0.0, **settings)
+    assert all(h["rejected_problems"] == 0 for h in control)  # the SFT control never samples
+    assert chosen_logp(sft) > before

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from stepforge.alignment import token_steps
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.device import model_device
-from stepforge.schema import StepPair
+from stepforge.schema import Problem, StepPair
+from stepforge.seeds import derive_seed
+from stepforge.tasks import Task, prompt_text
 
 
 def _rows(pairs: Sequence[StepPair], eos: str, step_separator: str) -> list[dict[str, str]]:
@@ -117,5 +119,56 @@ def train_orpo(model, tokenizer, pairs: Sequence[StepPair], *, lam: float = 0.1,
         loss.backward()
         opt.step()
         history.append(loss.item())
+    model.eval()
+    return history
+
+
+def train_orpo_active(model, tokenizer, task: Task, problems: Sequence[Problem], chosen: Callable[[Problem], str], *,
+                      regenerate_every: int = 25, samples: int = 4, lam: float = 0.1, lr: float = 1e-4,
+                      steps: int = 200, batch_size: int = 16, temperature: float = 1.0, max_new_tokens: int = 256,
+                      seed: int = 0) -> list[dict]:
+    """PRefLexOR's Phase I: ORPO (:func:`orpo_loss`) of a chosen answer (``chosen(problem)``,
+    e.g. a verified thinking + answer) against the *current* model's own wrong answers, sampled
+    (``samples`` per problem at ``temperature``) and regenerated every ``regenerate_every``
+    steps (active learning); ``regenerate_every=0`` samples them once before training (static).
+    ``lam=0`` is SFT on the chosen answers alone (the control: same steps, same rate).
+    Returns per step: loss and the number of problems that have a rejected answer."""
+    from stepforge.backends.transformers_backend import TransformersPolicy
+    from stepforge.sample import sample_trajectories
+
+    if not problems:
+        raise ValueError("no problems to train on")
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    prompts = {p.id: prompt_text(task.prompt(p)) for p in problems}
+    wanted = {p.id: chosen(p) + tokenizer.eos_token for p in problems}
+    rejected: dict[str, list[str]] = {}
+    history = []
+    for step in range(steps):
+        if lam > 0 and (step == 0 or (regenerate_every and step % regenerate_every == 0)):
+            model.eval()
+            policy = TransformersPolicy(model, tokenizer)
+            rejected = {}
+            for batch in sample_trajectories(policy, problems, task, n=samples, temperature=temperature,
+                                             max_new_tokens=max_new_tokens, seed=derive_seed(seed, "rejected", step)):
+                for t, c in zip(batch.trajectories, batch.completions, strict=True):
+                    if not t.correct:
+                        rejected.setdefault(t.problem_id, []).append(c.text + tokenizer.eos_token)
+            if not rejected:
+                raise ValueError("the model answered every problem right: no rejected answers to train against")
+        pool = sorted(rejected) if lam > 0 else [p.id for p in problems]
+        model.train()
+        ids = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
+        lw = _completion_mean_logp(model, tokenizer, [prompts[i] for i in ids], [wanted[i] for i in ids])
+        if lam > 0:
+            ll = _completion_mean_logp(model, tokenizer, [prompts[i] for i in ids],
+                                       [rejected[i][rng.randrange(len(rejected[i]))] for i in ids])
+            loss = orpo_loss(lw, ll, lam)
+        else:
+            loss = -lw.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({"step": step + 1, "loss": loss.item(), "rejected_problems": len(rejected)})
     model.eval()
     return history

@@ -206,4 +206,7 @@ def load_policy(path: str | Path | None = None, world: str = "arith"
                                 f"run `stepforge train-world --world {world}` (about 3 min on 2 cores)")
     model = LlamaForCausalLM.from_pretrained(where)
     model.eval()
-    return model, build_tokenizer()
+    tokenizer = build_tokenizer()
+    if model.config.vocab_size > len(tokenizer):  # trained with added tokens (FIM, thinking): its own
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(where)
+    return model, tokenizer

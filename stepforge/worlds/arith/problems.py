@@ -40,7 +40,8 @@ _ANSWER_RE = re.compile(r"^Answer:\s*(-?\d+)\s*$")
 _DETAIL_RE = re.compile(r"^([a-p]) (\d+)\*(\d)=(\d+)\+(\d+)$")
 CHECK_PREFIX = "check"
 _CHECK_RE = re.compile(r"^check (-?\d+)$")
-STYLES = ("terse", "detailed", "padded")
+STYLES = ("terse", "detailed", "padded", "thinking")
+THINK_OPEN, THINK_CLOSE = "<|thinking|>", "<|/thinking|>"  # PRefLexOR's thinking tags
 PAD_RATE = 0.15  # padded style: chance of (another) check line at each gap
 
 
@@ -121,6 +122,12 @@ class ArithProblem:
             value = self.values[i] if i < len(self.ops) else value
         return out
 
+    @property
+    def thinking_steps(self) -> list[str]:
+        """PRefLexOR's format: a thinking block holding the detailed draft (partial-product lines
+        included, no answer), then the terse solution and its answer."""
+        return [THINK_OPEN, *self.detailed_steps[:-1], THINK_CLOSE, *self.steps]
+
     def solution_in(self, style: str = "terse", rng: random.Random | None = None) -> str:
         """The solution in one of ``STYLES``; ``padded`` draws its check lines from ``rng``
         (default: seeded by the question, so a problem's padded solution is fixed)."""
@@ -128,6 +135,8 @@ class ArithProblem:
             raise ValueError(f"unknown solution style {style!r}; expected one of {STYLES}")
         if style == "padded":
             return "\n".join(self.padded_steps(rng or random.Random(self.question)))
+        if style == "thinking":
+            return "\n".join(self.thinking_steps)
         return "\n".join(self.steps if style == "terse" else self.detailed_steps)
 
     def to_problem(self, problem_id: str) -> Problem:
@@ -301,8 +310,20 @@ def first_error(question: str, steps: list[str]) -> int | None:
     anywhere before the answer line, any number of them, and must read ``check_line(v)`` for
     the running value v (the start value before the first step). A chain that stops early
     with every step right has no wrong step (it is incomplete, not wrong): callers see that
-    through ``correct``.
+    through ``correct``. A solution that opens with a thinking block (``THINK_OPEN``) has its
+    draft checked as a chain on its own (a draft may stop before the answer), then what follows
+    ``THINK_CLOSE`` as a solution.
     """
+    if steps and steps[0].strip() == THINK_OPEN:  # a thinking block: its draft is a chain of its own
+        close = next((i for i, x in enumerate(steps) if x.strip() == THINK_CLOSE), None)
+        draft = steps[1:close] if close is not None else steps[1:]
+        wrong = first_error(question, draft)
+        if wrong is not None:
+            return wrong + 1
+        if close is None:
+            return None
+        wrong = first_error(question, steps[close + 1:])
+        return None if wrong is None else close + 1 + wrong
     problem = parse_question(question)
     expected = problem.steps
     j, detailed = 0, False

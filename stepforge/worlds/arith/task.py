@@ -61,9 +61,10 @@ def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: in
                   record: dict | None = None, **config) -> Path:
     """``config``: other PolicyTrainConfig fields (batch_size, lr, hidden_size...)."""
     from stepforge.worlds.arith.policy import PolicyTrainConfig, train_policy
-    from stepforge.worlds.arith.tokenizer import build_tokenizer_with
+    from stepforge.worlds.arith.tokenizer import THINKING_TOKENS, build_tokenizer_with
 
-    tokenizer = build_tokenizer_with(special_tokens) if special_tokens else None
+    plain = THINKING_TOKENS if style == "thinking" else ()  # the tags are words the policy writes
+    tokenizer = build_tokenizer_with(special_tokens, plain) if special_tokens or plain else None
     return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads, style=style, **config),
                         progress=progress, corpus=corpus, tokenizer=tokenizer, record=record)
 

@@ -12,10 +12,11 @@ from functools import lru_cache
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from stepforge.worlds.arith.problems import ANSWER_PREFIX, OPERATORS, TAGS
+from stepforge.worlds.arith.problems import ANSWER_PREFIX, OPERATORS, TAGS, THINK_CLOSE, THINK_OPEN
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")  # the step expander's (stepforge.data)
+THINKING_TOKENS = (THINK_OPEN, THINK_CLOSE)  # PRefLexOR's tags: added as plain tokens, kept on decoding
 
 
 def vocabulary() -> list[str]:
@@ -38,11 +39,15 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token=UNK, padding_side="left")
 
 
-def build_tokenizer_with(special_tokens: tuple[str, ...] | list[str] = FIM_TOKENS) -> PreTrainedTokenizerFast:
+def build_tokenizer_with(special_tokens: tuple[str, ...] | list[str] = FIM_TOKENS, plain: tuple[str, ...] = ()
+                         ) -> PreTrainedTokenizerFast:
     """The world tokenizer plus ``special_tokens`` (default: the three FIM tokens), with ids after
-    the vocabulary; decoding with ``skip_special_tokens`` drops them. A fresh object."""
+    the vocabulary; decoding with ``skip_special_tokens`` drops them; ``plain`` tokens (e.g.
+    THINKING_TOKENS) are added as ordinary words, which decoding keeps. A fresh object."""
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(build_tokenizer().backend_tokenizer.to_str()),
                                   bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left")
     if special_tokens:
         tok.add_special_tokens({"additional_special_tokens": list(special_tokens)})
+    if plain:
+        tok.add_tokens(list(plain))
     return tok
