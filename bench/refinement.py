@@ -8,10 +8,15 @@ samples, exact labels), as ProcessBench does. Held-out: ``--problems`` of 6–8 
 answers and revisions sampled at temperature 1. Prints one JSON line and writes a plot of
 accuracy against generated tokens per problem.
 
-The thinking-token and ORPO parts of the issue (acc: sft / orpo_static / orpo_active) are
-not built yet; ``acc`` is absent.
+``--orpo`` adds PRefLexOR's Phase I: the shipped policy taught the thinking format (a
+checked thinking block with the detailed draft, then the terse solution; 1,000 steps at lr
+1e-3, as the padded world's policy) is trained further for ``--orpo-steps`` on 512 problems
+with chosen = the reference thinking solution and rejected = its own wrong answers: ORPO with
+the rejected answers regenerated every 25 steps (active) or sampled once (static), and the
+control SFT on the chosen answers alone (same steps and rate). ``no_thinking``: the same
+1,000 steps on terse solutions instead. Greedy accuracy on the held-out problems (4–8 steps).
 
-    python bench/refinement.py [--problems 2000 --rounds 3]
+    python bench/refinement.py [--problems 2000 --rounds 3] [--orpo]
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--votes", type=int, default=8, help="samples per problem for the majority-vote curve")
     ap.add_argument("--plot", default="runs/bench/refinement_world.png")
+    ap.add_argument("--orpo", action="store_true", help="also run the thinking-format ORPO comparison")
+    ap.add_argument("--orpo-steps", type=int, default=150)
+    ap.add_argument("--orpo-lr", type=float, default=1e-5)
+    ap.add_argument("--cache", default="runs/bench/refinement", help="trained policies (delete to retrain)")
     args = ap.parse_args()
     quiet_cpu()
     policy = make_policy("world", device="cpu", dtype="float32")
@@ -79,13 +88,66 @@ def main() -> None:
         return {"k": k, "tokens": s, "acc": a}
 
     _plot(refine_acc, tokens, majority, args.plot)
-    print(json.dumps({
+    orpo = orpo_comparison(Path(args.cache), args.orpo_steps, args.orpo_lr, args.problems) if args.orpo else {}
+    print(json.dumps({**orpo,
         "bench": "refinement", "problems": args.problems, "prm_threshold": round(threshold, 4),
         "prm_dev_f1": round(dev_f1, 4), "refine": refine_acc, "integrated": integrated, "tokens": tokens,
         "revised": revised, "majority": majority,
         "majority_same_tokens": {c: majority_at(t[2]) for c, t in tokens.items() if len(t) > 2},
         "majority_same_tokens_final": {c: majority_at(t[-1]) for c, t in tokens.items()},
     }))
+
+
+def orpo_comparison(cache: Path, steps: int, lr: float, n_held_out: int) -> dict:
+    import copy
+    import math
+
+    from stepforge.backends.transformers_backend import TransformersPolicy
+    from stepforge.train.dpo import train_orpo_active
+    from stepforge.worlds.arith.policy import SHIPPED_CHECKPOINT, load_policy
+    from stepforge.worlds.arith.problems import parse_question
+
+    def taught(style: str) -> Path:
+        where = cache / f"policy-{style}"
+        if not (where / "config.json").exists():
+            WORLD.train_policy(where, steps=1000, seed=0, style=style, init_from=str(SHIPPED_CHECKPOINT), lr=1e-3)
+        return where
+
+    held_out = WORLD.generate(n_held_out, seed=63_001, prefix="orpo-heldout", min_steps=4, max_steps=8)
+
+    def greedy_ok(model, tok) -> list[bool]:
+        policy = TransformersPolicy(model, tok)
+        return [bool(t.correct) for b in sample_trajectories(policy, held_out, TASK, n=1, temperature=0.0,
+                                                             max_new_tokens=200, batch_problems=256)
+                for t in b.trajectories]
+
+    base, tok = load_policy(taught("thinking"))
+    ok = {"thinking_start": greedy_ok(base, tok), "no_thinking": greedy_ok(*load_policy(taught("terse")))}
+    pool = WORLD.generate(512, seed=64_001, prefix="orpo-train", min_steps=4, max_steps=8)
+
+    def chosen(p):
+        return parse_question(p.question).solution_in("thinking")
+
+    histories = {}
+    for name, kwargs in (("sft", {"lam": 0.0}), ("orpo_static", {"regenerate_every": 0}),
+                         ("orpo_active", {"regenerate_every": 25})):
+        model = copy.deepcopy(base)
+        histories[name] = train_orpo_active(model, tok, TASK, pool, chosen, steps=steps, lr=lr, batch_size=16,
+                                            samples=4, max_new_tokens=200, seed=0, **kwargs)
+        ok[name] = greedy_ok(model, tok)
+
+    def sign_p(a: list[bool], b: list[bool]) -> dict:
+        wins = sum(x and not y for x, y in zip(a, b, strict=True))
+        losses = sum(y and not x for x, y in zip(a, b, strict=True))
+        n = wins + losses
+        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n) if n else 1.0
+        return {"fixed": wins, "broken": losses, "p": round(p, 4)}
+
+    return {"acc": {k: round(sum(v) / len(v), 4) for k, v in ok.items()},
+            "orpo_active_vs_sft": sign_p(ok["orpo_active"], ok["sft"]),
+            "orpo_active_vs_static": sign_p(ok["orpo_active"], ok["orpo_static"]),
+            "rejected_problems": {k: [h["rejected_problems"] for h in v[::25]] for k, v in histories.items()},
+            "orpo_steps": steps, "orpo_lr": lr}
 
 
 def _plot(refine_acc: dict, tokens: dict, majority: list, path: str) -> None:

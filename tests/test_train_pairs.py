@@ -124,3 +124,21 @@ def test_active_orpo_regenerates_its_own_rejected_answers(world_policy):
     control = train_orpo_active(sft, tok, ARITH, problems, chosen, lam=0.0, **settings)
     assert all(h["rejected_problems"] == 0 for h in control)  # the SFT control never samples
     assert chosen_logp(sft) > before
+
+
+def test_cli_train_orpo_on_world_trajectories(tmp_path):
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+
+    run = CliRunner().invoke
+    r = run(app, ["sample", "--data", "world", "--limit", "6", "--n", "2", "--out", str(tmp_path / "s"),
+                  "--no-greedy", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["train-orpo", "-i", str(tmp_path / "s/trajectories.jsonl"), "--out", str(tmp_path / "orpo"),
+                  "--steps", "2", "--batch-size", "2", "--samples", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "orpo" / "config.json").exists() and "chosen answers" in r.output
+    (tmp_path / "none.jsonl").write_text("")
+    r = run(app, ["train-orpo", "-i", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0

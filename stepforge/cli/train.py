@@ -238,3 +238,54 @@ def rl(
 
     publish_dir(save, out / "policy", overwrite=True)
     console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; policy in [bold]{out / 'policy'}[/bold]")
+
+
+@command("train-orpo")
+def train_orpo_cmd(
+    input: Annotated[Path, typer.Option("--input", "-i", help="trajectories whose correct ones are the chosen "
+                                                              "answers (one per problem is used)")],
+    out: Annotated[Path, typer.Option(help="output policy directory")],
+    policy: Annotated[str | None, typer.Option(help="model dir to start from (default: the world policy)")] = None,
+    task: Annotated[str, typer.Option(help="the task whose prompts, checker and answers to use")] = "arith",
+    regenerate_every: Annotated[int, typer.Option(min=0, help="resample the model's own wrong answers every N "
+                                                              "steps (active); 0: once before training")] = 25,
+    samples: Annotated[int, typer.Option(min=1, help="answers sampled per problem for rejected")] = 4,
+    lam: Annotated[float, typer.Option(min=0.0, help="ORPO λ (0: SFT on the chosen answers only)")] = 0.1,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-5,
+    steps: Annotated[int, typer.Option(min=1)] = 150,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    temperature: Annotated[float, typer.Option(min=0.001)] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    chat: ChatFlag = None,
+    seed: int = 0,
+    device: Device = "auto",
+    dtype: TrainDtype = "float32",
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """PRefLexOR's Phase I: ORPO of chosen answers against the model's own wrong answers,
+    regenerated as it trains (active learning)."""
+    from stepforge.backends.device import load_causal_lm
+    from stepforge.schema import Problem, Trajectory, read_records
+    from stepforge.train.dpo import train_orpo_active
+
+    quiet_hf(threads)
+    refuse_existing(out, overwrite)
+    data = read_records(input, Trajectory)
+    model, tok = load_causal_lm(_policy_dir(policy), device, dtype)
+    chosen_task = resolve_task(task, "", chat if chat is not None else False)
+    chosen: dict[str, tuple[Problem, str]] = {}
+    for t in data:
+        if t.correct and t.problem_id not in chosen:
+            chosen[t.problem_id] = (Problem(id=t.problem_id, question=t.question, answer=t.final_answer or ""),
+                                    chosen_task.solution_text(t.steps))
+    if not chosen:
+        raise ValueError(f"{input}: no correct trajectory to use as a chosen answer")
+    texts = {pid: text for pid, (_, text) in chosen.items()}
+    history = train_orpo_active(model, tok, chosen_task, [p for p, _ in chosen.values()], lambda p: texts[p.id],
+                                regenerate_every=regenerate_every, samples=samples, lam=lam, lr=lr, steps=steps,
+                                batch_size=batch_size, temperature=temperature, max_new_tokens=max_new_tokens,
+                                seed=seed)
+    console.print(f"final loss {history[-1]['loss']:.4f}; problems with a rejected answer at the end: "
+                  f"{history[-1]['rejected_problems']}")
+    _publish_policy(model, tok, out, f"{len(chosen)} chosen answers")

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from stepforge.alignment import token_steps
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
+from stepforge.backends.chat import render_prompts
 from stepforge.backends.device import model_device
 from stepforge.schema import Problem, StepPair
 from stepforge.seeds import derive_seed
-from stepforge.tasks import Task, prompt_text
+from stepforge.tasks import Task
 
 
 def _rows(pairs: Sequence[StepPair], eos: str, step_separator: str) -> list[dict[str, str]]:
@@ -82,12 +83,15 @@ def orpo_loss(mean_logp_chosen: torch.Tensor, mean_logp_rejected: torch.Tensor, 
     return (-mean_logp_chosen - lam * ratio).mean()
 
 
-def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: list[str]) -> torch.Tensor:
+def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: list[str],
+                          add_special_tokens: bool = True) -> torch.Tensor:
+    """Mean token log-prob of each completion after its prompt (``add_special_tokens=False`` for
+    chat renderings, which hold their own BOS)."""
     ids, starts = [], []
     for p, c in zip(prompts, completions, strict=True):
         # the completion starts at the first token holding a character of it (by offsets: a BPE
         # merge across the boundary makes "tokens of the prompt" no prefix of the full encoding)
-        enc = tokenizer(p + c, return_offsets_mapping=True)
+        enc = tokenizer(p + c, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         owner = token_steps(enc["offset_mapping"], [(len(p), len(p) + len(c))])
         ids.append(enc["input_ids"])
         starts.append(next((i for i, k in enumerate(owner) if k == 0), len(owner)))
@@ -140,7 +144,8 @@ def train_orpo_active(model, tokenizer, task: Task, problems: Sequence[Problem],
         raise ValueError("no problems to train on")
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    prompts = {p.id: prompt_text(task.prompt(p)) for p in problems}
+    rendered, is_chat = render_prompts(tokenizer, [task.prompt(p) for p in problems])  # chat template in chat mode
+    prompts = {p.id: text for p, text in zip(problems, rendered, strict=True)}
     wanted = {p.id: chosen(p) + tokenizer.eos_token for p in problems}
     rejected: dict[str, list[str]] = {}
     history = []
@@ -159,10 +164,10 @@ def train_orpo_active(model, tokenizer, task: Task, problems: Sequence[Problem],
         pool = sorted(rejected) if lam > 0 else [p.id for p in problems]
         model.train()
         ids = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
-        lw = _completion_mean_logp(model, tokenizer, [prompts[i] for i in ids], [wanted[i] for i in ids])
+        lw = _completion_mean_logp(model, tokenizer, [prompts[i] for i in ids], [wanted[i] for i in ids], not is_chat)
         if lam > 0:
             ll = _completion_mean_logp(model, tokenizer, [prompts[i] for i in ids],
-                                       [rejected[i][rng.randrange(len(rejected[i]))] for i in ids])
+                                       [rejected[i][rng.randrange(len(rejected[i]))] for i in ids], not is_chat)
             loss = orpo_loss(lw, ll, lam)
         else:
             loss = -lw.mean()
