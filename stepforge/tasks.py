@@ -48,6 +48,10 @@ class Chat:
 Prompt = str | Chat
 
 
+# PRefLexOR's thinking tags (arXiv 2410.12375): a scratchpad before the answer
+THINK_OPEN, THINK_CLOSE = "<|thinking|>", "<|/thinking|>"
+
+
 def prompt_text(prompt: Prompt) -> str:
     """A prompt as plain text (a chat's messages joined), e.g. for length checks."""
     return prompt.text if isinstance(prompt, Chat) else prompt

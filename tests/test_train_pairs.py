@@ -142,3 +142,49 @@ def test_cli_train_orpo_on_world_trajectories(tmp_path):
     (tmp_path / "none.jsonl").write_text("")
     r = run(app, ["train-orpo", "-i", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")])
     assert r.exit_code != 0
+
+
+THINK_TEXT = "<|thinking|>\na*3=12\n<|/thinking|>\na*3=12\nAnswer: 12"
+
+
+def _think_spans():
+    from stepforge.worlds.arith.tokenizer import THINKING_TOKENS, build_tokenizer_with
+
+    tok = build_tokenizer_with((), plain=THINKING_TOKENS)
+    return tok, tok(THINK_TEXT, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+
+
+def test_thinking_loss_masks_golden():
+    import random
+
+    from stepforge.train.dpo import thinking_loss_mask
+
+    tok, spans = _think_spans()
+    assert [THINK_TEXT[a:b] for a, b in spans][:9] == ["<|thinking|>", "\n", "a", "*3", "=", "1", "2", "\n",
+                                                       "<|/thinking|>"]
+    answer_only = thinking_loss_mask(THINK_TEXT, spans, "answer_only", random.Random(0))
+    assert answer_only == [False] * 9 + [True] * 11  # only what follows the closing tag
+    dropout = thinking_loss_mask(THINK_TEXT, spans, "thinking_dropout", random.Random(3), rate=0.3)
+    assert [i for i, keep in enumerate(dropout) if not keep] == [0, 5, 6, 8]  # inside the block only
+    assert thinking_loss_mask(THINK_TEXT, spans, "all", random.Random(0)) == [True] * 20
+    assert thinking_loss_mask("a+1=2\nAnswer: 2", [(0, 1)], "answer_only", random.Random(0)) == [True]
+    with pytest.raises(ValueError, match="unknown mask mode"):
+        thinking_loss_mask(THINK_TEXT, spans, "half", random.Random(0))
+
+
+def test_masked_dpo_loss_by_hand_and_training_moves_only_counted_tokens(world_policy):
+    import copy
+    import math
+
+    import torch
+
+    from stepforge.train.dpo import masked_dpo_loss, train_dpo_masked
+
+    # −log σ(0.1·(2 − (−1))) = log(1 + e^−0.3)
+    assert masked_dpo_loss(torch.tensor([2.0]), torch.tensor([-1.0]), 0.1).item() == pytest.approx(
+        math.log1p(math.exp(-0.3)), rel=1e-6)
+    rows = [("40 a-6 b*2\n", "a-6=34\nb*2=68\nAnswer: 68</s>", "a-6=34\nb*2=66\nAnswer: 66</s>")]
+    model = copy.deepcopy(world_policy.model)
+    losses = train_dpo_masked(model, world_policy.tokenizer, rows, "all", beta=0.1, lr=1e-4, steps=4, batch_size=2)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)  # the reference is the start: ratio 0
+    assert losses[-1] < losses[0]

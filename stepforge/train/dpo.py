@@ -15,6 +15,7 @@ import copy
 import random
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from stepforge.backends.chat import render_prompts
 from stepforge.backends.device import model_device
 from stepforge.schema import Problem, StepPair
 from stepforge.seeds import derive_seed
-from stepforge.tasks import Task
+from stepforge.tasks import THINK_CLOSE, THINK_OPEN, Task
 
 
 def _rows(pairs: Sequence[StepPair], eos: str, step_separator: str) -> list[dict[str, str]]:
@@ -83,24 +84,106 @@ def orpo_loss(mean_logp_chosen: torch.Tensor, mean_logp_rejected: torch.Tensor, 
     return (-mean_logp_chosen - lam * ratio).mean()
 
 
-def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: list[str],
-                          add_special_tokens: bool = True) -> torch.Tensor:
-    """Mean token log-prob of each completion after its prompt (``add_special_tokens=False`` for
-    chat renderings, which hold their own BOS)."""
-    ids, starts = [], []
+def _completion_token_logps(model, tokenizer, prompts: list[str], completions: list[str],
+                            add_special_tokens: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor, list[list[tuple[int, int]]]]:
+    """Per-token log-probs of each completion after its prompt: (log-probs (B, T−1), the
+    completion's positions in them, and each completion token's character span within the
+    completion, in order). ``add_special_tokens=False`` for chat renderings (own BOS)."""
+    ids, starts, spans = [], [], []
     for p, c in zip(prompts, completions, strict=True):
         # the completion starts at the first token holding a character of it (by offsets: a BPE
         # merge across the boundary makes "tokens of the prompt" no prefix of the full encoding)
         enc = tokenizer(p + c, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
         owner = token_steps(enc["offset_mapping"], [(len(p), len(p) + len(c))])
         ids.append(enc["input_ids"])
-        starts.append(next((i for i, k in enumerate(owner) if k == 0), len(owner)))
+        first = next((i for i, k in enumerate(owner) if k == 0), len(owner))
+        starts.append(first)
+        spans.append([(max(a - len(p), 0), b - len(p)) for a, b in enc["offset_mapping"][first:]])
     device = model_device(model)
     x, mask = (t.to(device) for t in pad_right(ids, pad_id(tokenizer)))
     tok = next_token_logprobs(model(input_ids=x, attention_mask=mask).logits, x)
     pos = torch.arange(x.shape[1] - 1, device=device)[None, :]
     comp = (pos >= torch.tensor(starts, device=device)[:, None] - 1) & (mask[:, 1:] == 1)
+    return tok, comp, spans
+
+
+def _completion_mean_logp(model, tokenizer, prompts: list[str], completions: list[str],
+                          add_special_tokens: bool = True) -> torch.Tensor:
+    """Mean token log-prob of each completion after its prompt."""
+    tok, comp, _ = _completion_token_logps(model, tokenizer, prompts, completions, add_special_tokens)
     return (tok * comp).sum(-1) / comp.sum(-1).clamp(min=1)
+
+
+MaskMode = Literal["all", "thinking_dropout", "answer_only"]
+
+
+def thinking_loss_mask(text: str, spans: Sequence[tuple[int, int]], mode: MaskMode, rng: random.Random,
+                       rate: float = 0.2) -> list[bool]:
+    """Which tokens of a completion count in the loss (PRefLexOR's Phase II): ``all``;
+    ``thinking_dropout``: all but a random ``rate`` of the tokens inside thinking blocks (tags
+    included); ``answer_only``: only the tokens after the last ``THINK_CLOSE`` (everything when
+    there is none). ``spans``: each token's character span in ``text``."""
+    if mode == "all":
+        return [True] * len(spans)
+    if mode == "answer_only":
+        end = text.rfind(THINK_CLOSE)
+        cut = end + len(THINK_CLOSE) if end >= 0 else 0
+        return [a >= cut for a, _ in spans]
+    if mode != "thinking_dropout":
+        raise ValueError(f"unknown mask mode {mode!r}; choose all, thinking_dropout or answer_only")
+    blocks, at = [], 0
+    while (start := text.find(THINK_OPEN, at)) >= 0:
+        close = text.find(THINK_CLOSE, start)
+        end = len(text) if close < 0 else close + len(THINK_CLOSE)
+        blocks.append((start, end))
+        at = end
+    return [not (any(s <= a < e for s, e in blocks) and rng.random() < rate) for a, _ in spans]
+
+
+def masked_dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, beta: float = 0.1
+                    ) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023) over the counted tokens only: inputs are Σ_{counted t}
+    (log π(y_t) − log π_ref(y_t)) per sequence; L = −log σ(β·(chosen − rejected)), batch mean."""
+    return -F.logsigmoid(beta * (logratio_chosen - logratio_rejected)).mean()
+
+
+def train_dpo_masked(model, tokenizer, rows: Sequence[tuple[str, str, str]], mode: MaskMode = "answer_only", *,
+                     beta: float = 0.1, rate: float = 0.2, lr: float = 1e-5, steps: int = 100, batch_size: int = 16,
+                     seed: int = 0) -> list[float]:
+    """PRefLexOR's Phase II: DPO on (prompt, chosen, rejected) rows against a frozen copy of the
+    starting model, counting the tokens :func:`thinking_loss_mask` keeps (a fresh random mask
+    each time a row is drawn). Returns the loss per step."""
+    if not rows:
+        raise ValueError("no preference rows to train on")
+    reference = copy.deepcopy(model).eval()
+    for q in reference.parameters():
+        q.requires_grad_(False)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    history = []
+    model.train()
+    for _ in range(steps):
+        batch = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
+        prompts = [r[0] for r in batch]
+        sums = []
+        for texts in ([r[1] for r in batch], [r[2] for r in batch]):
+            tok, comp, spans = _completion_token_logps(model, tokenizer, prompts, texts)
+            with torch.no_grad():
+                ref, _, _ = _completion_token_logps(reference, tokenizer, prompts, texts)
+            counted = torch.zeros_like(comp)
+            for i, (text, sp) in enumerate(zip(texts, spans, strict=True)):
+                keep = thinking_loss_mask(text, sp, mode, rng, rate)
+                where = torch.nonzero(comp[i]).squeeze(-1)[:len(keep)]
+                counted[i, where] = torch.tensor(keep[:len(where)], device=comp.device)
+            sums.append(((tok - ref) * counted).sum(-1))
+        loss = masked_dpo_loss(sums[0], sums[1], beta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    model.eval()
+    return history
 
 
 def train_orpo(model, tokenizer, pairs: Sequence[StepPair], *, lam: float = 0.1, lr: float = 5e-4, steps: int = 100,

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stepforge.schema import Problem
+from stepforge.tasks import THINK_CLOSE, THINK_OPEN
 
 TAGS = "abcdefghijklmnop"
 OPERATORS = "+-*"
@@ -41,7 +42,7 @@ _DETAIL_RE = re.compile(r"^([a-p]) (\d+)\*(\d)=(\d+)\+(\d+)$")
 CHECK_PREFIX = "check"
 _CHECK_RE = re.compile(r"^check (-?\d+)$")
 STYLES = ("terse", "detailed", "padded", "thinking")
-THINK_OPEN, THINK_CLOSE = "<|thinking|>", "<|/thinking|>"  # PRefLexOR's thinking tags
+
 PAD_RATE = 0.15  # padded style: chance of (another) check line at each gap
 
 
