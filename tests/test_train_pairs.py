@@ -159,7 +159,7 @@ def test_thinking_loss_masks_golden():
 
     from stepforge.train.dpo import thinking_loss_mask
 
-    tok, spans = _think_spans()
+    _, spans = _think_spans()
     assert [THINK_TEXT[a:b] for a, b in spans][:9] == ["<|thinking|>", "\n", "a", "*3", "=", "1", "2", "\n",
                                                        "<|/thinking|>"]
     answer_only = thinking_loss_mask(THINK_TEXT, spans, "answer_only", random.Random(0))
