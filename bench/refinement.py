@@ -14,7 +14,10 @@ checked thinking block with the detailed draft, then the terse solution; 1,000 s
 with chosen = the reference thinking solution and rejected = its own wrong answers: ORPO with
 the rejected answers regenerated every 25 steps (active) or sampled once (static), and the
 control SFT on the chosen answers alone (same steps and rate). ``no_thinking``: the same
-1,000 steps on terse solutions instead. Greedy accuracy on the held-out problems (4–8 steps).
+1,000 steps on terse solutions instead. Phase II, from the active-ORPO model: DPO (β 0.1)
+of the reference against one of its own wrong answers per problem, with a random 20% of the
+thinking tokens left out of the loss, or only the answer after the thinking block counted.
+Greedy accuracy on the held-out problems (4–8 steps).
 
     python bench/refinement.py [--problems 2000 --rounds 3] [--orpo]
 """
@@ -49,7 +52,12 @@ def main() -> None:
     ap.add_argument("--orpo-steps", type=int, default=150)
     ap.add_argument("--orpo-lr", type=float, default=1e-5)
     ap.add_argument("--cache", default="runs/bench/refinement", help="trained policies (delete to retrain)")
+    ap.add_argument("--no-refine", action="store_true", help="only the ORPO comparison")
     args = ap.parse_args()
+    if args.no_refine:
+        print(json.dumps({"bench": "refinement", **orpo_comparison(Path(args.cache), args.orpo_steps, args.orpo_lr,
+                                                                  args.problems)}))
+        return
     quiet_cpu()
     policy = make_policy("world", device="cpu", dtype="float32")
     prm = ProcessRewardModel.from_pretrained(WORLD.prm_dir)
@@ -103,7 +111,7 @@ def orpo_comparison(cache: Path, steps: int, lr: float, n_held_out: int) -> dict
     import math
 
     from stepforge.backends.transformers_backend import TransformersPolicy
-    from stepforge.train.dpo import train_orpo_active
+    from stepforge.train.dpo import train_dpo_masked, train_orpo_active
     from stepforge.worlds.arith.policy import SHIPPED_CHECKPOINT, load_policy
     from stepforge.worlds.arith.problems import parse_question
 
@@ -135,6 +143,24 @@ def orpo_comparison(cache: Path, steps: int, lr: float, n_held_out: int) -> dict
         histories[name] = train_orpo_active(model, tok, TASK, pool, chosen, steps=steps, lr=lr, batch_size=16,
                                             samples=4, max_new_tokens=200, seed=0, **kwargs)
         ok[name] = greedy_ok(model, tok)
+        if name == "orpo_active":
+            active = model
+
+    # Phase II from the active-ORPO model: DPO (β 0.1) of the reference thinking solution against
+    # one of its own wrong answers per problem, counting a random 80% of thinking tokens, or
+    # only the answer after the thinking block
+    policy = TransformersPolicy(active, tok)
+    rows, seen = [], set()
+    for b in sample_trajectories(policy, pool, TASK, n=4, seed=5, temperature=1.0, max_new_tokens=200):
+        for t, c in zip(b.trajectories, b.completions, strict=True):
+            if not t.correct and t.problem_id not in seen:
+                seen.add(t.problem_id)
+                p = next(q for q in pool if q.id == t.problem_id)
+                rows.append((p.question + "\n", chosen(p) + tok.eos_token, c.text + tok.eos_token))
+    for mode in ("thinking_dropout", "answer_only"):
+        model = copy.deepcopy(active)
+        train_dpo_masked(model, tok, rows, mode, beta=0.1, lr=lr, steps=steps, batch_size=16, seed=0)
+        ok[f"dpo_{mode}"] = greedy_ok(model, tok)
 
     def sign_p(a: list[bool], b: list[bool]) -> dict:
         wins = sum(x and not y for x, y in zip(a, b, strict=True))
@@ -147,7 +173,7 @@ def orpo_comparison(cache: Path, steps: int, lr: float, n_held_out: int) -> dict
             "orpo_active_vs_sft": sign_p(ok["orpo_active"], ok["sft"]),
             "orpo_active_vs_static": sign_p(ok["orpo_active"], ok["orpo_static"]),
             "rejected_problems": {k: [h["rejected_problems"] for h in v[::25]] for k, v in histories.items()},
-            "orpo_steps": steps, "orpo_lr": lr}
+            "dpo_pairs": len(rows), "orpo_steps": steps, "orpo_lr": lr}
 
 
 def _plot(refine_acc: dict, tokens: dict, majority: list, path: str) -> None:
