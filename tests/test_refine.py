@@ -127,3 +127,59 @@ def test_cli_refine_critic_needs_its_model(tmp_path, critic):
         assert r.exit_code != 0 and "judge:MODEL" in r.output
     else:  # prm: with no dir falls back to the world's PRM
         assert r.exit_code == 0, r.output
+
+
+class GSM8KWriter:
+    """A completion-mode model on GSM8K prompts: a wrong second line at first; a continuation
+    after the first line is right."""
+
+    name = "writer"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
+        self.prompts.extend(prompts)
+        rows = []
+        for prompt in prompts:
+            if prompt.rstrip().endswith("She has 3 bags of 4 apples, 12 in all."):
+                text = "She eats 2, so 12 - 2 = 10 are left.\nThe answer is 10."
+            else:
+                text = "She has 3 bags of 4 apples, 12 in all.\nShe eats 2, so 12 - 2 = 9 are left.\nThe answer is 9."
+            rows.append([Completion(text, 8, "stop", None)])
+        return GenerationResult(rows, GenerationCost(0, 8 * len(prompts), len(prompts)))
+
+
+class StepJudge:
+    """A judge that names step 1 while it reads '= 9', else no error."""
+
+    name = "judge"
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
+        texts = ["\\boxed{1}" if "= 9 are left" in prompt_text(p) else "\\boxed{-1}" for p in prompts]
+        return GenerationResult([[Completion(t, 3, "stop", None)] for t in texts], GenerationCost(0, 3, 1))
+
+
+def prompt_text(p):
+    from stepforge.tasks import prompt_text as text
+
+    return text(p)
+
+
+def test_refine_on_gsm8k_through_a_server_with_a_judge_critic():
+    from stepforge.backends.openai_backend import OpenAIPolicy
+    from stepforge.backends.server import PolicyServer, serve_in_thread
+    from stepforge.tasks import get_task
+
+    task = get_task("gsm8k")
+    server = PolicyServer(GSM8KWriter())
+    serve_in_thread(server)
+    try:
+        remote = OpenAIPolicy(server.base_url, "stepforge")
+        problem = Problem(id="g1", question="Ann has 3 bags of 4 apples and eats 2. How many are left?", answer="10")
+        res = refine(remote, [problem], task, JudgeCritic(StepJudge(), chat=False), rounds=2, temperature=0.7)
+    finally:
+        server.shutdown()
+    assert [t.final_answer for t in (res.rounds[0][0], res.rounds[1][0], res.rounds[2][0])] == ["9", "10", "10"]
+    assert res.revised == [0, 1, 0]  # round 2: the judge found no error and accepted
+    assert res.rounds[1][0].steps[0] == "She has 3 bags of 4 apples, 12 in all."  # the kept line
