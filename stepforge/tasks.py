@@ -50,6 +50,8 @@ Prompt = str | Chat
 
 # PRefLexOR's thinking tags (arXiv 2410.12375): a scratchpad before the answer
 THINK_OPEN, THINK_CLOSE = "<|thinking|>", "<|/thinking|>"
+THINKING_INSTRUCTION = (f"Use {THINK_OPEN}: first think step by step between {THINK_OPEN} and {THINK_CLOSE}, each on "
+                        "its own line, then write the solution.")
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -81,6 +83,16 @@ class Task:
 
     def with_chat(self, chat: bool) -> Task:
         return self if chat == self.chat else replace(self, chat=chat)
+
+    def with_thinking(self) -> Task:
+        """PRefLexOR's format on real data: the prompt (the system turn in chat mode, a first line
+        otherwise) asks for a scratchpad inside the thinking tags before the solution. The tags'
+        lines are steps like any other; answers are read after them as before."""
+        ask = THINKING_INSTRUCTION
+        system = f"{self.system_prompt}\n{ask}" if self.system_prompt else ask
+        build = self.build_prompt
+        return replace(self, name=f"{self.name}-thinking", system_prompt=system,
+                       build_prompt=lambda p: f"{ask}\n{build(p)}")
 
     def steps(self, completion: str) -> list[str]:
         return split_steps(completion, self.segmenter)

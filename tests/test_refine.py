@@ -183,3 +183,15 @@ def test_refine_on_gsm8k_through_a_server_with_a_judge_critic():
     assert [t.final_answer for t in (res.rounds[0][0], res.rounds[1][0], res.rounds[2][0])] == ["9", "10", "10"]
     assert res.revised == [0, 1, 0]  # round 2: the judge found no error and accepted
     assert res.rounds[1][0].steps[0] == "She has 3 bags of 4 apples, 12 in all."  # the kept line
+
+
+def test_thinking_prompts_on_real_tasks():
+    from stepforge.tasks import THINK_OPEN, get_task
+
+    task = get_task("gsm8k").with_thinking()
+    problem = Problem(id="x", question="How many?", answer="1")
+    assert task.name == "gsm8k-thinking" and task.build_prompt(problem).startswith(f"Use {THINK_OPEN}")
+    chat = task.with_chat(True).prompt(problem)
+    assert THINK_OPEN in chat.messages[0]["content"] and chat.messages[-1]["content"] == "How many?"
+    steps = task.steps("<|thinking|>\n2 + 2 = 4\n<|/thinking|>\n2 + 2 = 4\nThe answer is 4.")
+    assert task.answer_of(steps) == "4" and len(steps) == 5

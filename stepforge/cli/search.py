@@ -169,6 +169,8 @@ def refine(
     judge_backend: Annotated[str, typer.Option(help="backend of judge:MODEL")] = "openai",
     judge_base_url: Annotated[str | None, typer.Option(help="judge server (default: --base-url)")] = None,
     task: Annotated[str | None, typer.Option(help="arith | gsm8k | math (default: from --data)")] = None,
+    thinking: Annotated[bool, typer.Option(help="real data: ask for a <|thinking|> scratchpad first "
+                                                "(PRefLexOR's format)")] = False,
     batch_problems: Annotated[int, typer.Option(min=1)] = 64,
     chat: ChatFlag = None,
     seed: int = 0,
@@ -193,6 +195,7 @@ def refine(
     policy = make_cli_policy(backend, model, base_url, device, dtype, timeout, retries, prompts_per_request, tokenizer,
                              world_in(data))
     chosen = resolve_task(task, data, chat, policy)
+    chosen = chosen.with_thinking() if thinking else chosen
     kind, _, where = critic.partition(":")
     if kind == "none":
         judge = NoCritic()

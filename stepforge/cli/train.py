@@ -256,6 +256,8 @@ def train_orpo_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     temperature: Annotated[float, typer.Option(min=0.001)] = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    thinking: Annotated[bool, typer.Option(help="real data: prompts ask for a <|thinking|> scratchpad first")]
+    = False,
     chat: ChatFlag = None,
     seed: int = 0,
     device: Device = "auto",
@@ -274,6 +276,7 @@ def train_orpo_cmd(
     data = read_records(input, Trajectory)
     model, tok = load_causal_lm(_policy_dir(policy), device, dtype)
     chosen_task = resolve_task(task, "", chat if chat is not None else False)
+    chosen_task = chosen_task.with_thinking() if thinking else chosen_task
     chosen: dict[str, tuple[Problem, str]] = {}
     for t in data:
         if t.correct and t.problem_id not in chosen:
