@@ -161,22 +161,7 @@ def sample_problem(rng: random.Random, config: ArithConfig, max_tries: int = 100
     A chain that reaches a value where no allowed operation fits (possible when "-" is not
     among the operators) is drawn again.
     """
-    for _ in range(max_tries):
-        n_steps = rng.randint(config.min_steps, config.max_steps)
-        start = v = rng.randint(1, config.max_start)
-        ops: list[tuple[str, int]] = []
-        for _ in range(n_steps):
-            choices = [(op, k) for op in config.operators for k in _operands(op, config)
-                       if 0 <= apply_op(v, op, k) <= config.max_value]
-            if not choices:
-                break
-            op, k = rng.choice(choices)
-            ops.append((op, k))
-            v = apply_op(v, op, k)
-        else:
-            return ArithProblem(start=start, ops=tuple(ops))
-    raise ValueError(f"no {config.min_steps}-step chain fits within [0, {config.max_value}] with operators "
-                     f"{config.operators!r} after {max_tries} tries; allow '-' or raise max_value")
+    return sample_seeded_problem(rng, config, (), max_tries=max_tries)  # no seeds: the same draws
 
 
 # Skill atoms (MUSTARD's concepts, issue #13): what one operation asks of the solver, grouped
@@ -210,9 +195,10 @@ def problem_atoms(problem: ArithProblem) -> list[str]:
 
 def sample_seeded_problem(rng: random.Random, config: ArithConfig, atoms: Sequence[str], rate: float = 0.7,
                           max_tries: int = 1000) -> ArithProblem:
-    """:func:`sample_problem` where each operation is, with probability ``rate``, drawn among
-    those of the seeded ``atoms`` (when one fits the running value), so seeded atoms occur
-    often; the rest are drawn as usual."""
+    """A problem whose operations are, with probability ``rate`` each, drawn among those of the
+    seeded ``atoms`` (when one fits the running value), so seeded atoms occur often; the rest
+    are drawn uniformly among the operations that keep the value in range. No atoms: the
+    world's natural distribution (:func:`sample_problem`)."""
     known = {a for group in ATOM_GROUPS.values() for a in group}
     if set(atoms) - known:
         raise ValueError(f"unknown skill atoms {sorted(set(atoms) - known)}; known: {sorted(known)}")
@@ -233,7 +219,9 @@ def sample_seeded_problem(rng: random.Random, config: ArithConfig, atoms: Sequen
             v = apply_op(v, op, k)
         else:
             return ArithProblem(start=start, ops=tuple(ops))
-    raise ValueError(f"no chain fits {config} with atoms {list(atoms)} after {max_tries} tries")
+    raise ValueError(f"no {config.min_steps}-step chain fits within [0, {config.max_value}] with operators "
+                     f"{config.operators!r}{f' and atoms {list(atoms)}' if atoms else ''} after {max_tries} tries; "
+                     "allow '-' or raise max_value")
 
 
 def _operands(op: str, config: ArithConfig) -> range:
