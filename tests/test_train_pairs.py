@@ -139,6 +139,11 @@ def test_cli_train_orpo_on_world_trajectories(tmp_path):
                   "--steps", "2", "--batch-size", "2", "--samples", "2", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "orpo" / "config.json").exists() and "chosen answers" in r.output
+    r = run(app, ["train-orpo", "-i", str(tmp_path / "s/trajectories.jsonl"), "--out", str(tmp_path / "lora"),
+                  "--steps", "2", "--batch-size", "2", "--samples", "2", "--device", "cpu", "--lora-rank", "4",
+                  "--lr", "1e-2"])
+    assert r.exit_code == 0, r.output
+    assert not list((tmp_path / "lora").glob("adapter_*"))  # merged: a plain model
     (tmp_path / "none.jsonl").write_text("")
     r = run(app, ["train-orpo", "-i", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")])
     assert r.exit_code != 0

@@ -258,6 +258,8 @@ def train_orpo_cmd(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     thinking: Annotated[bool, typer.Option(help="real data: prompts ask for a <|thinking|> scratchpad first")]
     = False,
+    lora_rank: Annotated[int, typer.Option(min=0, help="> 0: LoRA of this rank (peft), merged into the saved model")]
+    = 0,
     chat: ChatFlag = None,
     seed: int = 0,
     device: Device = "auto",
@@ -285,10 +287,18 @@ def train_orpo_cmd(
     if not chosen:
         raise ValueError(f"{input}: no correct trajectory to use as a chosen answer")
     texts = {pid: text for pid, (_, text) in chosen.items()}
+    if lora_rank > 0:
+        from peft import get_peft_model
+
+        from stepforge.train.sft import lora_config
+
+        model = get_peft_model(model, lora_config(lora_rank))
     history = train_orpo_active(model, tok, chosen_task, [p for p, _ in chosen.values()], lambda p: texts[p.id],
                                 regenerate_every=regenerate_every, samples=samples, lam=lam, lr=lr, steps=steps,
                                 batch_size=batch_size, temperature=temperature, max_new_tokens=max_new_tokens,
                                 seed=seed)
+    if lora_rank > 0:
+        model = model.merge_and_unload()
     console.print(f"final loss {history[-1]['loss']:.4f}; problems with a rejected answer at the end: "
                   f"{history[-1]['rejected_problems']}")
     _publish_policy(model, tok, out, f"{len(chosen)} chosen answers")

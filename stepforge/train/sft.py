@@ -47,6 +47,15 @@ def sft_rows(trajectories: Sequence[Trajectory], task: Task) -> list[dict[str, A
     return rows
 
 
+def lora_config(rank: int, alpha: int = 16):
+    """LoRA adapters of ``rank`` on every linear layer (peft, an optional extra)."""
+    try:
+        from peft import LoraConfig
+    except ImportError as e:
+        raise ImportError("--lora-rank needs peft: pip install 'stepforge[lora]'") from e
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 def train_sft(model, tokenizer, trajectories: Sequence[Trajectory], task: Task,
               settings: SFTSettings = SFTSettings()) -> tuple[Any, list[dict]]:
     """Fine-tune ``model`` on the trajectories; returns (trained model, TRL's log history).
@@ -56,14 +65,7 @@ def train_sft(model, tokenizer, trajectories: Sequence[Trajectory], task: Task,
 
     if not trajectories:
         raise ValueError("no trajectories to train on")
-    peft_config = None
-    if settings.lora_rank > 0:
-        try:
-            from peft import LoraConfig
-        except ImportError as e:  # an optional extra
-            raise ImportError("--lora-rank needs peft: pip install 'stepforge[lora]'") from e
-        peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+    peft_config = lora_config(settings.lora_rank, settings.lora_alpha) if settings.lora_rank > 0 else None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     with tempfile.TemporaryDirectory() as tmp:
