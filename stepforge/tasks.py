@@ -18,14 +18,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from stepforge.schema import Problem
 from stepforge.segment import get_segmenter, split_steps
 from stepforge.verify.answers import AnswerMode, answers_match, extract_answer
 from stepforge.verify.equations import first_arithmetic_error
 
-BUILTIN_WORLDS = ("stepforge.worlds.arith",)  # imported on first lookup; each registers itself
+BUILTIN_WORLDS = ("stepforge.worlds.arith", "stepforge.worlds.agent")  # imported on first lookup; each registers itself
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,28 @@ class Task:
 
 
 @dataclass(frozen=True)
+class EnvStep:
+    """What an environment answers to one action (DESIGN.md: env/)."""
+
+    observation: str  # text appended after the action (the policy never trains on it)
+    reward: float
+    done: bool
+    state: str  # a hashable key of the state after the action (GiGPO's anchor states)
+    progress: bool | None = None  # exact per-turn label where the environment knows it
+
+
+class Environment(Protocol):
+    """A multi-turn task: ``reset`` gives the first observation (the prompt), ``step`` consumes
+    one action (the agent's whole turn) and answers. One instance per episode."""
+
+    def reset(self, problem: Problem) -> tuple[str, str]:
+        """(first observation, state key)."""
+        ...
+
+    def step(self, action: str) -> EnvStep: ...
+
+
+@dataclass(frozen=True)
 class World:
     """A built-in problem family with exact ground truth (DESIGN.md §3)."""
 
@@ -156,6 +178,8 @@ class World:
     # (problem, style) -> the reference solution's steps in one of ``styles`` (oracle corpora)
     reference_steps: Callable[[Problem, str], list[str]] | None = None
     styles: tuple[str, ...] = ("terse",)
+    # multi-turn worlds: a fresh Environment per episode (None: single-turn)
+    make_env: Callable[[], Environment] | None = None
     # a step that adds nothing (the padded world's check lines): the RL padding monitor
     padding_step: Callable[[str], bool] | None = None
     # concept-seeded synthesis (MUSTARD): level -> group -> concepts; (level, concepts, seed, id)

@@ -10,7 +10,7 @@ import stepforge
 # below worlds/, which register themselves with it.
 RANK = {
     "schema": 0, "segment": 0, "verify": 0, "jobs": 0, "formats": 0, "loaders": 0, "seeds": 0, "runs": 0,
-    "guards": 0, "alignment": 0, "tasks": 1, "worlds": 2, "backends": 3, "sample": 4, "label": 5, "data": 7,
+    "guards": 0, "alignment": 0, "tasks": 1, "worlds": 2, "backends": 3, "sample": 4, "env": 4, "label": 5, "data": 7,
     "prm": 6, "search": 7, "train": 8, "eval": 9, "cli": 10,
 }
 

@@ -1,0 +1,1 @@
+"""Multi-turn rollouts: any Policy against any Environment (DESIGN.md: env/)."""

@@ -1,0 +1,95 @@
+"""Batched multi-turn rollouts (issue #12).
+
+Every live episode of every problem is continued in one backend call per turn: the policy
+writes one action (stopping at the task's ``step_stop``), the environment answers with an
+observation that is appended to the transcript, and the episode ends when the environment
+says so or after ``max_turns``. An episode is a Trajectory whose steps are the actions;
+observations, rewards, state keys and the exact per-turn progress labels (where the
+environment knows them) go to ``meta.episode``, so observation tokens can be kept out of
+every loss (:func:`action_spans`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from stepforge.backends.base import GenerationCost, Policy
+from stepforge.schema import Cost, Problem, Trajectory
+from stepforge.seeds import derive_seed
+from stepforge.tasks import Environment, Task
+
+
+@dataclass
+class _Episode:
+    problem: Problem
+    env: Environment
+    transcript: str
+    states: list[str]
+    actions: list[str] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    progress: list[bool | None] = field(default_factory=list)
+    tokens: int = 0
+    done: bool = False
+
+
+def rollout(policy: Policy, problems: Sequence[Problem], task: Task, make_env: Callable[[], Environment], *,
+            n: int = 1, temperature: float = 1.0, max_turns: int = 16, max_new_tokens: int = 16, seed: int = 0
+            ) -> tuple[list[Trajectory], GenerationCost]:
+    """``n`` episodes per problem; returns them (problem order, then sample order) and the cost."""
+    episodes = []
+    for p in problems:
+        for j in range(n):
+            env = make_env()
+            first, state = env.reset(p)
+            episodes.append((j, _Episode(p, env, first, [state])))
+    cost = GenerationCost()
+    for turn in range(max_turns):
+        live = [(j, e) for j, e in episodes if not e.done]
+        if not live:
+            break
+        result = policy.generate([e.transcript for _, e in live], n=1, stop=[task.step_stop, "\n"],
+                                 max_new_tokens=max_new_tokens, temperature=temperature,
+                                 seed=[derive_seed(seed, e.problem.id, j, turn) for j, e in live])
+        cost = cost + result.cost
+        for (_, e), row in zip(live, result.completions, strict=True):
+            action = row[0].text.strip()
+            answer = e.env.step(action)
+            e.transcript += action + answer.observation
+            e.actions.append(action)
+            e.observations.append(answer.observation)
+            e.rewards.append(answer.reward)
+            e.progress.append(answer.progress)
+            e.states.append(answer.state)
+            e.tokens += row[0].tokens
+            e.done = answer.done
+    out = []
+    for j, e in episodes:
+        answer = task.extract_answer(e.transcript)
+        labels = [None if x is None else float(x) for x in e.progress]
+        out.append(Trajectory(
+            id=f"{e.problem.id}-e{j}", problem_id=e.problem.id, question=e.problem.question, steps=e.actions,
+            final_answer=answer, correct=task.is_correct(e.problem, answer), step_labels=labels,
+            label_source="truth" if e.actions and all(x is not None for x in labels) else None,
+            cost=Cost(rollouts=0, generated_tokens=e.tokens),
+            meta={"episode": {"observations": e.observations, "rewards": e.rewards, "states": e.states,
+                              "return": sum(e.rewards), "turns": len(e.actions), "ended": e.done}}))
+    return out, cost
+
+
+def episode_text(problem: Problem, trajectory: Trajectory, task: Task) -> str:
+    """The transcript the policy saw: prompt, then each action followed by its observation."""
+    obs = trajectory.meta["episode"]["observations"]
+    return task.build_prompt(problem) + "".join(a + o for a, o in zip(trajectory.steps, obs, strict=True))
+
+
+def action_spans(problem: Problem, trajectory: Trajectory, task: Task) -> list[tuple[int, int]]:
+    """Character spans of the actions in :func:`episode_text`: the only text a loss may train
+    on (observations and the prompt are the environment's)."""
+    at = len(task.build_prompt(problem))
+    spans = []
+    for a, o in zip(trajectory.steps, trajectory.meta["episode"]["observations"], strict=True):
+        spans.append((at, at + len(a)))
+        at += len(a) + len(o)
+    return spans

@@ -1,0 +1,101 @@
+"""The agent world (reach-the-target) and batched multi-turn rollouts."""
+
+import random
+
+import pytest
+
+from stepforge.backends.base import Completion, GenerationCost, GenerationResult
+from stepforge.env.rollout import action_spans, episode_text, rollout
+from stepforge.schema import Problem
+from stepforge.tasks import get_world
+from stepforge.worlds.agent.game import Game, ReachEnv, parse_game, sample_game
+
+WORLD = get_world("agent")
+TASK = WORLD.task
+
+
+def test_bfs_distances_by_hand():
+    g = Game(start=34, target=71, ops=(("+", 3), ("-", 2), ("*", 2)))
+    d = g.distances()
+    assert d[71] == 0 and d[68] == 1 and d[34] == 2  # 34*2=68, 68+3=71
+    assert d[35] == 3  # 35*2=70, 70-2=68, 68+3=71
+    # every value's distance is one more than its best move's
+    for v, dv in d.items():
+        if v != 71:
+            assert dv == 1 + min(d[n] for _, n in g.moves(v) if n in d)
+    assert parse_game(g.question) == g and g.question == "34 71 a+3 b-2 c*2"
+    with pytest.raises(ValueError, match="token 3"):
+        parse_game("34 71 b+3")
+
+
+def test_generated_games_are_solvable_within_their_distance_range():
+    rng = random.Random(0)
+    for _ in range(50):
+        g = sample_game(rng, 2, 5)
+        assert 2 <= g.distances()[g.start] <= 5 and 3 <= len(g.ops) <= 4
+    assert WORLD.generate(3, seed=1) == WORLD.generate(3, seed=1)
+
+
+def test_environment_steps_rewards_and_exact_progress_labels():
+    env = ReachEnv()
+    first, state = env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
+    assert (first, state, env.budget) == ("34 71 a+3 b-2 c*2\n", "34", 4)
+    r = env.step("a+3")  # 37: distance 3 -> not progress
+    assert (r.observation, r.reward, r.done, r.state, r.progress) == ("=37\n", 0.0, False, "37", False)
+    r = env.step("d*9")  # not an operation: penalty, state unchanged
+    assert (r.observation, r.reward, r.state, r.progress) == ("=37 no\n", -0.1, "37", False)
+    env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
+    assert env.step("c*2").progress and env.step("a+3").reward == 1.0
+    env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
+    assert [env.step("b-2").done for _ in range(4)] == [False, False, False, True]  # budget: distance 2 + 2
+
+
+class Expert:
+    """Plays the BFS-optimal move; with ``blunder``, writes an invalid action on the first turn."""
+
+    name = "expert"
+
+    def __init__(self, blunder: bool = False) -> None:
+        self.blunder = blunder
+        self.calls = 0
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=16, temperature=1.0, seed=None):
+        self.calls += 1
+        rows = []
+        for prompt in prompts:
+            lines = prompt.strip().split("\n")
+            g = parse_game(lines[0])
+            value = int(lines[-1].split("=")[1].split()[0]) if len(lines) > 1 else g.start
+            d = g.distances()
+            action = min(g.moves(value), key=lambda m: d.get(m[1], 99))[0]
+            if self.blunder and len(lines) == 1:
+                action = "z+1"
+            rows.append([Completion(action, 3, "stop", "=")])
+        return GenerationResult(rows, GenerationCost(0, 3 * len(prompts), 1))
+
+
+def test_rollouts_batch_every_live_episode_and_label_turns_exactly():
+    problems = WORLD.generate(6, seed=3)
+    policy = Expert()
+    episodes, cost = rollout(policy, problems, TASK, WORLD.make_env, n=2)
+    assert len(episodes) == 12 and all(t.correct for t in episodes)
+    longest = max(parse_game(p.question).distances()[parse_game(p.question).start] for p in problems)
+    assert policy.calls == longest  # one backend call per turn for all live episodes
+    assert all(t.step_labels == [1.0] * len(t.steps) for t in episodes)  # optimal moves always progress
+    assert all(t.meta["episode"]["return"] == 1.0 for t in episodes) and cost.generated_tokens == 3 * sum(
+        len(t.steps) for t in episodes)
+    blunders, _ = rollout(Expert(blunder=True), problems[:1], TASK, WORLD.make_env)
+    t = blunders[0]
+    assert t.steps[0] == "z+1" and t.step_labels[0] == 0.0 and t.meta["episode"]["rewards"][0] == -0.1
+    assert t.correct and t.meta["episode"]["return"] == pytest.approx(0.9)
+
+
+def test_transcript_and_action_spans_golden():
+    problem = Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71")
+    [t], _ = rollout(Expert(blunder=True), [problem], TASK, WORLD.make_env)
+    text = episode_text(problem, t, TASK)
+    assert text == "34 71 a+3 b-2 c*2\nz+1=34 no\nc*2=68\na+3=71\n"
+    spans = action_spans(problem, t, TASK)
+    assert [text[a:b] for a, b in spans] == ["z+1", "c*2", "a+3"]
+    assert spans == [(18, 21), (28, 31), (35, 38)]  # everything else is the environment's
+    assert t.final_answer == "71" and t.meta["episode"]["states"] == ["34", "34", "68", "71"]
