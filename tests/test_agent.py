@@ -99,3 +99,33 @@ def test_transcript_and_action_spans_golden():
     assert [text[a:b] for a, b in spans] == ["z+1", "c*2", "a+3"]
     assert spans == [(18, 21), (28, 31), (35, 38)]  # everything else is the environment's
     assert t.final_answer == "71" and t.meta["episode"]["states"] == ["34", "34", "68", "71"]
+
+
+def test_noisy_expert_turns_and_a_tiny_policy_through_the_rollout_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+    from stepforge.worlds.agent.game import expert_turns
+
+    g = parse_game("34 71 a+3 b-2 c*2")
+    turns = expert_turns(g, random.Random(0), noise=0.0)
+    assert turns == [("34 71 a+3 b-2 c*2\n", "c*2"), ("34 71 a+3 b-2 c*2\nc*2=68\n", "a+3")]
+    noisy = expert_turns(g, random.Random(1), noise=1.0)
+    assert 1 <= len(noisy) <= 4  # the budget: distance 2 + 2
+
+    where = WORLD.train_policy(tmp_path / "pol", steps=30, episodes=50, hidden_size=16, num_layers=1,
+                               intermediate_size=32, num_heads=2)
+    out = tmp_path / "episodes.jsonl"
+    args = ["rollout", "-o", str(out), "--model", str(where), "--limit", "6", "--n", "2", "--batch-problems", "4",
+            "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "episodes: success" in r.output
+    from stepforge.schema import read_jsonl
+    from stepforge.schema import Trajectory as T
+
+    episodes = read_jsonl(out, T)
+    assert len(episodes) == 12 and all(1 <= len(t.steps) <= 16 for t in episodes)
+    assert all(len(t.meta["episode"]["states"]) == len(t.steps) + 1 for t in episodes)
+    r = CliRunner().invoke(app, args)  # resumes: nothing left to do
+    assert r.exit_code == 0 and len(read_jsonl(out, T)) == 12

@@ -304,3 +304,48 @@ def serve(
         server.serve_forever()
     except KeyboardInterrupt:
         server.shutdown()
+
+
+@command()
+def rollout(
+    out: Annotated[Path, typer.Option("--out", "-o", help="episodes (JSONL, one per line; re-running resumes)")],
+    env: Annotated[str, typer.Option(help="a multi-turn built-in world")] = "agent",
+    limit: Annotated[int, typer.Option(min=1, help="tasks")] = 200,
+    n: Annotated[int, typer.Option(min=1, help="episodes per task")] = 4,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
+    max_turns: Annotated[int, typer.Option(min=1)] = 16,
+    backend: Backend = "world",
+    model: Model = None,
+    base_url: BaseUrl = None,
+    batch_problems: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    overwrite: Overwrite = False,
+    threads: Threads = 1,
+) -> None:
+    """Multi-turn episodes of a policy in an environment, every live episode of a turn in one
+    backend call; prints success, turns, invalid actions and the exact progress share."""
+    from stepforge.env.rollout import episode_summary, rollout_to_file
+    from stepforge.runs import claim_output
+    from stepforge.tasks import get_world
+
+    quiet_hf(threads)
+    world = get_world(env)
+    if world.make_env is None:
+        raise ValueError(f"world {world.name!r} is single-turn; multi-turn worlds: agent")
+    problems = world.generate(limit, seed=50_000 + seed, prefix="rollout")
+    policy = make_cli_policy(backend, model, base_url, device, dtype, world=world.name)
+    identity = {"command": "rollout", "env": world.name, "limit": limit, "n": n, "temperature": temperature,
+                "max_turns": max_turns, **policy_identity(backend, model, base_url, world.name), "seed": seed}
+    claim_output(out, identity, overwrite=overwrite)
+    with progress() as bar:
+        t = bar.add_task(f"rollouts ({world.name})", total=limit, rate="")
+        episodes = rollout_to_file(policy, problems, world.task, world.make_env, out, n=n, temperature=temperature,
+                                   max_turns=max_turns, seed=seed, batch_problems=batch_problems,
+                                   on_batch=lambda k: bar.update(t, advance=k))
+        bar.update(t, completed=limit)
+    s = episode_summary(episodes)
+    console.print(f"{s['episodes']} episodes: success {s['success']:.1%}, {s['mean_turns']:.2f} turns, "
+                  f"invalid actions {s['invalid_share']:.1%}, progress turns {s['progress_share']:.1%}, "
+                  f"mean return {s['mean_return']:.3f}; wrote [bold]{out}[/bold]")

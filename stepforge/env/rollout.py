@@ -93,3 +93,36 @@ def action_spans(problem: Problem, trajectory: Trajectory, task: Task) -> list[t
         spans.append((at, at + len(a)))
         at += len(a) + len(o)
     return spans
+
+
+def rollout_to_file(policy: Policy, problems: Sequence[Problem], task: Task, make_env: Callable[[], Environment],
+                    path, *, n: int = 1, temperature: float = 1.0, max_turns: int = 16, max_new_tokens: int = 16,
+                    seed: int = 0, batch_problems: int = 64, on_batch=None) -> list[Trajectory]:
+    """:func:`rollout` over batches of problems, one fsync'd append per batch (resumable)."""
+    from stepforge.jobs import Batch, run_resumable
+    from stepforge.schema import read_jsonl
+
+    batches = [Batch(b, list(problems[i:i + batch_problems]),
+                     [f"{p.id}-e{j}" for p in problems[i:i + batch_problems] for j in range(n)])
+               for b, i in enumerate(range(0, len(problems), batch_problems))]
+
+    def process(batch: Batch[Problem]) -> list[Trajectory]:
+        episodes, _ = rollout(policy, batch.items, task, make_env, n=n, temperature=temperature, max_turns=max_turns,
+                              max_new_tokens=max_new_tokens, seed=seed)
+        if on_batch:
+            on_batch(len(batch.items))
+        return episodes
+
+    run_resumable(path, batches, Trajectory, process, id_of=lambda t: t.id)
+    return read_jsonl(path, Trajectory)
+
+
+def episode_summary(episodes: Sequence[Trajectory]) -> dict[str, float]:
+    """Success, turns, invalid-action share, progress share and mean return of episodes."""
+    turns = [r for t in episodes for r in t.meta["episode"]["rewards"]]
+    labels = [x for t in episodes for x in t.step_labels if x is not None]
+    n = max(1, len(episodes))
+    return {"episodes": len(episodes), "success": sum(bool(t.correct) for t in episodes) / n,
+            "mean_turns": len(turns) / n, "invalid_share": sum(r < 0 for r in turns) / max(1, len(turns)),
+            "progress_share": sum(labels) / max(1, len(labels)),
+            "mean_return": sum(t.meta["episode"]["return"] for t in episodes) / n}

@@ -145,3 +145,21 @@ class ReachEnv:
             return EnvStep(f"={self.value}\n", 1.0 if success else 0.0, done, str(self.value), progress)
         done = self.turns >= self.budget
         return EnvStep(f"={self.value} no\n", INVALID_PENALTY, done, str(self.value), False)
+
+
+def expert_turns(game: Game, rng: random.Random, noise: float = 0.3) -> list[tuple[str, str]]:
+    """One noisy-expert episode as (transcript so far, action) pairs: the BFS-optimal move,
+    or with probability ``noise`` a uniformly random legal one, until the target or the budget."""
+    dist = game.distances()
+    value, text, turns = game.start, game.question + "\n", []
+    for _ in range(dist[game.start] + 2):
+        moves = game.moves(value)
+        if not moves:  # a dead end (every operation leaves the range): nothing to imitate
+            break
+        best = min(moves, key=lambda m: dist.get(m[1], 10**6))
+        action, value = rng.choice(moves) if rng.random() < noise else best
+        turns.append((text, action))
+        text += f"{action}={value}\n"
+        if value == game.target:
+            break
+    return turns

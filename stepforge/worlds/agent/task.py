@@ -30,11 +30,42 @@ AGENT = Task(
 )
 
 
-def _no_policy(path: str | Path | None = None):
-    raise FileNotFoundError("the agent world has no trained policy yet (issue #12); pass --model DIR")
+def _policy_dir(path: str | Path | None = None) -> Path | None:
+    from stepforge.worlds.arith.policy import resolve_policy_dir
+
+    return resolve_policy_dir(path, "agent")
+
+
+def _load_policy(path: str | Path | None = None):
+    from stepforge.worlds.arith.policy import load_policy
+
+    return load_policy(path, "agent")
+
+
+def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None,
+                  episodes: int = 6000, noise: float = 0.3, record: dict | None = None, **config) -> Path:
+    """The world's tiny Llama (arith tokenizer) imitating noisy-expert turns: each example is
+    the transcript so far -> the next action and its ``=`` (observations are never targets)."""
+    import random
+
+    from stepforge.worlds.agent.game import expert_turns, sample_game
+    from stepforge.worlds.arith.policy import PolicyTrainConfig, train_policy
+
+    rng = random.Random(seed)
+    corpus = [(text, action + "=") for _ in range(episodes) for text, action in expert_turns(sample_game(rng), rng,
+                                                                                            noise)]
+    info = {"corpus": f"{len(corpus)} turns of {episodes} noisy-expert episodes (noise {noise})", **(record or {})}
+    return train_policy(out, PolicyTrainConfig(steps=steps, seed=seed, threads=threads, **config), progress=progress,
+                        corpus=corpus, record=info)
+
+
+def _cache_dir() -> Path:
+    from stepforge.worlds.arith.policy import default_cache_dir
+
+    return default_cache_dir("agent")
 
 
 AGENT_WORLD = register_world(World(
-    name="agent", task=AGENT, generate=generate, policy_dir=lambda path=None: Path(path) if path else None,
-    load_policy=_no_policy, make_env=ReachEnv, defaults={"min_steps": 2, "max_steps": 5},
+    name="agent", task=AGENT, generate=generate, policy_dir=_policy_dir, load_policy=_load_policy,
+    train_policy=_train_policy, cache_dir=_cache_dir, make_env=ReachEnv, defaults={"min_steps": 2, "max_steps": 5},
 ))

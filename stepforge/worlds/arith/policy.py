@@ -190,9 +190,9 @@ def resolve_policy_dir(path: str | Path | None = None, world: str = "arith") -> 
     """Where a trained world policy lives: ``path``, else the shipped checkpoint, else the cache."""
     if path is not None:
         return Path(path)
-    shipped = SHIPPED_CHECKPOINT if world == "arith" else PADDED_CHECKPOINT
+    shipped = {"arith": SHIPPED_CHECKPOINT, "arith-padded": PADDED_CHECKPOINT}.get(world)
     for candidate in (shipped, default_cache_dir(world)):
-        if (candidate / "config.json").exists():
+        if candidate is not None and (candidate / "config.json").exists():
             return candidate
     return None
 
