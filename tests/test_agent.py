@@ -121,8 +121,8 @@ def test_noisy_expert_turns_and_a_tiny_policy_through_the_rollout_cli(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "episodes: success" in r.output
-    from stepforge.schema import read_jsonl
     from stepforge.schema import Trajectory as T
+    from stepforge.schema import read_jsonl
 
     episodes = read_jsonl(out, T)
     assert len(episodes) == 12 and all(1 <= len(t.steps) <= 16 for t in episodes)
