@@ -40,14 +40,14 @@ def test_environment_steps_rewards_and_exact_progress_labels():
     env = ReachEnv()
     first, state = env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
     assert (first, state, env.budget) == ("34 71 a+3 b-2 c*2\n", "34", 4)
-    r = env.step("a+3")  # 37: distance 3 -> not progress
+    r = env.step("a")  # a+3: 37, distance 3 -> not progress
     assert (r.observation, r.reward, r.done, r.state, r.progress) == ("=37\n", 0.0, False, "37", False)
-    r = env.step("d*9")  # not an operation: penalty, state unchanged
+    r = env.step("d")  # not an operation: penalty, state unchanged
     assert (r.observation, r.reward, r.state, r.progress) == ("=37 no\n", -0.1, "37", False)
     env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
-    assert env.step("c*2").progress and env.step("a+3").reward == 1.0
+    assert env.step("c").progress and env.step("a").reward == 1.0
     env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
-    assert [env.step("b-2").done for _ in range(4)] == [False, False, False, True]  # budget: distance 2 + 2
+    assert [env.step("b").done for _ in range(4)] == [False, False, False, True]  # budget: distance 2 + 2
 
 
 class Expert:
@@ -69,7 +69,7 @@ class Expert:
             d = g.distances()
             action = min(g.moves(value), key=lambda m: d.get(m[1], 99))[0]
             if self.blunder and len(lines) == 1:
-                action = "z+1"
+                action = "z"
             rows.append([Completion(action, 3, "stop", "=")])
         return GenerationResult(rows, GenerationCost(0, 3 * len(prompts), 1))
 
@@ -86,7 +86,7 @@ def test_rollouts_batch_every_live_episode_and_label_turns_exactly():
         len(t.steps) for t in episodes)
     blunders, _ = rollout(Expert(blunder=True), problems[:1], TASK, WORLD.make_env)
     t = blunders[0]
-    assert t.steps[0] == "z+1" and t.step_labels[0] == 0.0 and t.meta["episode"]["rewards"][0] == -0.1
+    assert t.steps[0] == "z" and t.step_labels[0] == 0.0 and t.meta["episode"]["rewards"][0] == -0.1
     assert t.correct and t.meta["episode"]["return"] == pytest.approx(0.9)
 
 
@@ -94,10 +94,10 @@ def test_transcript_and_action_spans_golden():
     problem = Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71")
     [t], _ = rollout(Expert(blunder=True), [problem], TASK, WORLD.make_env)
     text = episode_text(problem, t, TASK)
-    assert text == "34 71 a+3 b-2 c*2\nz+1=34 no\nc*2=68\na+3=71\n"
+    assert text == "34 71 a+3 b-2 c*2\nz=34 no\nc=68\na=71\n"
     spans = action_spans(problem, t, TASK)
-    assert [text[a:b] for a, b in spans] == ["z+1", "c*2", "a+3"]
-    assert spans == [(18, 21), (28, 31), (35, 38)]  # everything else is the environment's
+    assert [text[a:b] for a, b in spans] == ["z", "c", "a"]
+    assert spans == [(18, 19), (26, 27), (31, 32)]  # everything else is the environment's
     assert t.final_answer == "71" and t.meta["episode"]["states"] == ["34", "34", "68", "71"]
 
 
@@ -109,7 +109,7 @@ def test_noisy_expert_turns_and_a_tiny_policy_through_the_rollout_cli(tmp_path):
 
     g = parse_game("34 71 a+3 b-2 c*2")
     turns = expert_turns(g, random.Random(0), noise=0.0)
-    assert turns == [("34 71 a+3 b-2 c*2\n", "c*2"), ("34 71 a+3 b-2 c*2\nc*2=68\n", "a+3")]
+    assert turns == [("34 71 a+3 b-2 c*2\n", "c"), ("34 71 a+3 b-2 c*2\nc=68\n", "a")]
     noisy = expert_turns(g, random.Random(1), noise=1.0)
     assert 1 <= len(noisy) <= 4  # the budget: distance 2 + 2
 

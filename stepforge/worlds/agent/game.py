@@ -3,11 +3,11 @@
 A task is a start value, a target and 3–4 tagged operations::
 
     34 71 a+3 b-2 c*2        <- the first observation (start, target, operations)
-    c*2=68                   <- the agent writes "c*2", the environment answers "=68"
-    a+3=71                   <- target reached: success, reward 1
+    c=68                     <- the agent names an operation by its tag, the environment answers "=68"
+    a=71                     <- target reached: success, reward 1
 
-An action that is not one of the operations, or would leave [0, 99], is answered with the
-unchanged value and ``no`` (``=68 no``) and costs −0.1. The episode ends on success or after
+An action that is not one of the tags, or whose operation would leave [0, 99], is answered
+with the unchanged value and ``no`` (``=68 no``) and costs −0.1. The episode ends on success or after
 a budget of (BFS distance from the start) + 2 turns. A turn is *progress* iff it lowers the
 BFS distance to the target: exact per-turn labels that no agent benchmark has.
 """
@@ -40,12 +40,12 @@ class Game:
         return " ".join([str(self.start), str(self.target), *ops])
 
     def moves(self, value: int) -> list[tuple[str, int]]:
-        """(action, next value) of every operation that keeps the value in range."""
+        """(action: the operation's tag, next value) of every operation that keeps the value in range."""
         out = []
         for i, (op, k) in enumerate(self.ops):
             nxt = apply_op(value, op, k)
             if 0 <= nxt <= MAX_VALUE:
-                out.append((f"{TAGS[i]}{op}{k}", nxt))
+                out.append((TAGS[i], nxt))
         return out
 
     def distances(self) -> dict[int, int]:
