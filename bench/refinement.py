@@ -28,7 +28,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import quiet_cpu
+from _common import paired_sign_test, quiet_cpu
 
 from stepforge.backends import make_policy
 from stepforge.eval.prm_metrics import calibrate_threshold
@@ -108,7 +108,6 @@ def main() -> None:
 
 def orpo_comparison(cache: Path, steps: int, lr: float, n_held_out: int) -> dict:
     import copy
-    import math
 
     from stepforge.backends.transformers_backend import TransformersPolicy
     from stepforge.train.dpo import train_dpo_masked, train_orpo_active
@@ -163,11 +162,8 @@ def orpo_comparison(cache: Path, steps: int, lr: float, n_held_out: int) -> dict
         ok[f"dpo_{mode}"] = greedy_ok(model, tok)
 
     def sign_p(a: list[bool], b: list[bool]) -> dict:
-        wins = sum(x and not y for x, y in zip(a, b, strict=True))
-        losses = sum(y and not x for x, y in zip(a, b, strict=True))
-        n = wins + losses
-        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n) if n else 1.0
-        return {"fixed": wins, "broken": losses, "p": round(p, 4)}
+        test = paired_sign_test(a, b)
+        return {**test, "p": round(test["p"], 4)}
 
     return {"acc": {k: round(sum(v) / len(v), 4) for k, v in ok.items()},
             "orpo_active_vs_sft": sign_p(ok["orpo_active"], ok["sft"]),

@@ -25,7 +25,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from _common import quiet_cpu
+from _common import paired_sign_test, quiet_cpu
 
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.data.synthesize import (
@@ -96,15 +96,6 @@ def atom_errors(trajectories) -> dict[str, float]:
     return {a: round(wrong[a] / tried[a], 4) for a in tried}
 
 
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact binomial sign test (ties dropped)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=12000, help="k=1 seeds (enough failures for N invalid)")
@@ -137,8 +128,7 @@ def main() -> None:
         sampled[name] = greedy(trained, held_out, temperature=1.0)
     acc = {name: round(sum(bool(t.correct) for t in ts) / len(ts), 4) for name, ts in results.items()}
     ok = {name: [bool(t.correct) for t in ts] for name, ts in results.items()}
-    wins = sum(a and not b for a, b in zip(ok["valid"], ok["random"], strict=True))
-    losses = sum(b and not a for a, b in zip(ok["valid"], ok["random"], strict=True))
+    versus = paired_sign_test(ok["valid"], ok["random"])
 
     # concept-uniform seeding vs natural problems, equal N of verified solutions
     natural_seeds = [Seed(id=f"natural-{i}", level=s.level, concepts=(), groups=())
@@ -155,7 +145,8 @@ def main() -> None:
     print(json.dumps({
         "bench": "synthesis", "pass_rate": rates, "acc": acc, "n": n,
         "sampled_acc": {name: round(sum(bool(t.correct) for t in ts) / len(ts), 4) for name, ts in sampled.items()},
-        "valid_vs_random": {"fixed": wins, "broken": losses}, "p_valid_vs_random": round(sign_test(wins, losses), 4),
+        "valid_vs_random": {"fixed": versus["fixed"], "broken": versus["broken"]},
+        "p_valid_vs_random": round(versus["p"], 4),
         "rare_atom": rarest, "rare_atom_share_natural": round(natural_counts[rarest] / sum(natural_counts.values()), 4),
         "rare_atom_error": rare, "rare_atom_n": m, "lr": args.lr, "held_out": args.held_out,
         "kept_share": {name: round(sum(r.verified for r in rs) / len(rs), 4)
