@@ -71,6 +71,11 @@ def step_logprob_sums(model: PreTrainedModel, tokenizer, trajectories: Sequence[
     return out
 
 
+def prefix_values(step_rewards: torch.Tensor) -> list[float]:
+    """σ(Σ_{k≤t} r_k) per step t: the implicit value of each prefix (PRIME's Q-value view), in [0, 1]."""
+    return torch.sigmoid(step_rewards.detach().float().cumsum(0)).cpu().tolist()
+
+
 class ImplicitPRM:
     """Step rewards from the log-ratio of a trained model and a frozen reference."""
 
@@ -88,9 +93,8 @@ class ImplicitPRM:
         return [self.beta * (a - b) for a, b in zip(lp, ref, strict=True)]
 
     def score(self, trajectories: Sequence[Trajectory]) -> list[list[float]]:
-        """Same interface as ProcessRewardModel.score: σ(cumulative reward up to step t), i.e.
-        the implicit value of each prefix (PRIME's Q-value view), in [0, 1]."""
-        return [torch.sigmoid(r.cumsum(0)).float().cpu().tolist() for r in self.step_rewards(trajectories)]
+        """Same interface as ProcessRewardModel.score: :func:`prefix_values` of its step rewards."""
+        return [prefix_values(r) for r in self.step_rewards(trajectories)]
 
     def train_on_outcomes(self, trajectories: Sequence[Trajectory], steps: int = 200, batch_size: int = 16,
                           lr: float = 1e-4, seed: int = 0, loss: str = "ce") -> list[float]:

@@ -58,6 +58,12 @@ class SearchResult:
                 "correct": self.correct, "steps": self.steps, "cost": self.cost.as_dict(), "trace": self.trace}
 
 
+def scorable(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
+    """The trajectories, an empty one standing in as one step "?" so that every trajectory gets
+    a score (a PRM has nothing to read in no steps)."""
+    return [t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []}) for t in trajectories]
+
+
 def score_unique(scorer: Scorer, trajectories: Sequence[Trajectory], cost: SearchCost) -> list[list[float]]:
     """Scores of ``trajectories``, running the scorer once per distinct (problem, steps) (samples
     repeat often when the policy is confident) and counting the PRM work in ``cost``."""

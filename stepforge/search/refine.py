@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from stepforge.backends.base import GenerationCost, Policy
 from stepforge.sample import to_trajectory
 from stepforge.schema import Problem, Trajectory
-from stepforge.search.base import Scorer
+from stepforge.search.base import Scorer, scorable
 from stepforge.search.vote import majority_vote
 from stepforge.seeds import derive_seed
 from stepforge.tasks import Task
@@ -64,7 +64,7 @@ class PRMCritic:
     prm_sequences: int = 0
 
     def flag(self, problems, answers, rng):
-        scored = [t if t.steps else t.model_copy(update={"steps": ["?"]}) for t in answers]
+        scored = scorable(answers)
         self.prm_sequences += len(scored)
         return [next((i for i, s in enumerate(scores) if s < self.threshold), None)
                 for scores in self.scorer.score(scored)]

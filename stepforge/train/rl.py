@@ -42,8 +42,10 @@ from stepforge.backends.base import Completion
 from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.device import model_device
 from stepforge.backends.transformers_backend import TransformersPolicy
+from stepforge.prm.implicit import prefix_values
 from stepforge.sample import sample_trajectories
 from stepforge.schema import Trajectory
+from stepforge.search.base import scorable
 from stepforge.seeds import derive_seed
 from stepforge.tasks import DEFAULT_WORLD, Task, get_world
 from stepforge.train.credit import (
@@ -183,11 +185,11 @@ def _step_rewards(scorer, trajectories: list[Trajectory]) -> tuple[list[list[flo
     """The PRM's scores p_t (for the monitors) and step rewards r_t: 2p_t − 1 (P(good) −
     P(bad), PURE) for an explicit PRM, β·log-ratio per step for an implicit one (PRIME). An
     empty trajectory is scored as one step "?" and rewarded −1."""
-    scored = [t if t.steps else t.model_copy(update={"steps": ["?"], "step_labels": []}) for t in trajectories]
+    scored = scorable(trajectories)
     if hasattr(scorer, "step_rewards"):
         with torch.no_grad():
             implicit = [r.detach().float().cpu() for r in scorer.step_rewards(scored)]
-        scores = [torch.sigmoid(r.cumsum(0)).tolist() for r in implicit]  # ImplicitPRM.score, once
+        scores = [prefix_values(r) for r in implicit]  # what scorer.score would return, without a second pass
         rewards = [r if t.steps else torch.tensor([-1.0]) for r, t in zip(implicit, trajectories, strict=True)]
     else:
         scores = scorer.score(scored)
