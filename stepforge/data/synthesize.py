@@ -181,7 +181,6 @@ class Draft:
     seed: Seed
     problem: Problem
     steps: list[str]
-    tokens: int = 0
     answer_in_solution: bool = False  # the generator wrote the answer too (then it follows corrections)
 
 
@@ -216,22 +215,22 @@ class WorldGenerator:
                     for s in seeds]
         texts, cost = self._continue([(p, []) for p in problems], rng_seed)
         task = self.world.task
-        return [Draft(s, p, task.steps(t), n) for s, p, (t, n) in zip(seeds, problems, texts, strict=True)], cost
+        return [Draft(s, p, task.steps(t)) for s, p, t in zip(seeds, problems, texts, strict=True)], cost
 
     def correct(self, drafts: Sequence[Draft], verdicts: Sequence[Verdict], rng_seed: int
                 ) -> tuple[list[list[str]], GenerationCost]:
         kept = [d.steps[:v.line if v.line is not None else len(d.steps)] for d, v in zip(drafts, verdicts, strict=True)]
         texts, cost = self._continue([(d.problem, k) for d, k in zip(drafts, kept, strict=True)], rng_seed)
-        return [k + self.world.task.steps(t) for k, (t, _) in zip(kept, texts, strict=True)], cost
+        return [k + self.world.task.steps(t) for k, t in zip(kept, texts, strict=True)], cost
 
     def _continue(self, items: Sequence[tuple[Problem, list[str]]], rng_seed: int
-                  ) -> tuple[list[tuple[str, int]], GenerationCost]:
+                  ) -> tuple[list[str], GenerationCost]:
         task = self.world.task
         prompts = [task.prefix_prompt(p, steps) for p, steps in items]
         seeds = [derive_seed(rng_seed, "solve", p.id, len(steps)) for p, steps in items]
         result = self.policy.generate(prompts, n=1, max_new_tokens=self.max_new_tokens,
                                       temperature=self.temperature, seed=seeds)
-        return [(row[0].text, row[0].tokens) for row in result.completions], result.cost
+        return [row[0].text for row in result.completions], result.cost
 
 
 DRAFT_PROMPT = (
@@ -286,7 +285,7 @@ class PromptedGenerator:
             question, steps = parsed
             problem = Problem(id=s.id, question=question, answer=final_answer(steps),
                               meta={"concepts": list(s.concepts)})
-            drafts.append(Draft(s, problem, steps, row[0].tokens, answer_in_solution=True))
+            drafts.append(Draft(s, problem, steps, answer_in_solution=True))
         return drafts, result.cost
 
     def correct(self, drafts: Sequence[Draft], verdicts: Sequence[Verdict], rng_seed: int
@@ -372,11 +371,12 @@ def synthesize_batch(generator: Generator, prover: Prover, seeds: Sequence[Seed]
                                     problem=d.problem.question, solution=list(d.steps),
                                     answer=final_answer(d.steps) if d.answer_in_solution else d.problem.answer,
                                     verified=v.ok, rounds=used[s.id], messages=messages[s.id],
-                                    generated_tokens=d.tokens, meta=dict(d.problem.meta))
-    per_seed_tokens = cost.generated_tokens / max(1, len(seeds))  # corrections included, spread evenly
+                                    meta=dict(d.problem.meta))
+    # the batch's tokens, corrections included, spread evenly over its seeds
+    per_seed_tokens = round(cost.generated_tokens / max(1, len(seeds)))
     out = [records[s.id] for s in seeds]
     for r in out:
-        r.generated_tokens = round(per_seed_tokens)
+        r.generated_tokens = per_seed_tokens
     return out, cost
 
 
