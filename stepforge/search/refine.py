@@ -107,11 +107,16 @@ class JudgeCritic:
 
 @dataclass
 class RefineResult:
-    """Per problem, the answer of each round and the generated tokens spent by then."""
+    """Per problem, the answer of each round, the critic's flags and the generated tokens."""
 
     rounds: list[list[Trajectory]]  # rounds[r][i]: problem i's answer after round r
     tokens: list[int] = field(default_factory=list)  # cumulative generated tokens after each round
-    revised: list[int] = field(default_factory=list)  # answers revised in each round (0 for round 0)
+    flags: list[list[int | None]] = field(default_factory=list)  # flags[r][i]: line revised from (round 0: None)
+
+    @property
+    def revised(self) -> list[int]:
+        """Answers revised in each round (0 for round 0)."""
+        return [sum(f is not None for f in row) for row in self.flags]
 
     def integrated(self, task: Task, problems: Sequence[Problem], upto: int) -> list[bool]:
         """Majority over the answers of rounds 0..upto, per problem: correct or not."""
@@ -125,7 +130,7 @@ def refine(policy: Policy, problems: Sequence[Problem], task: Task, critic: Crit
     rng = random.Random(derive_seed(seed, "refine", critic.name))
     answers, cost = _continue(policy, task, [(p, []) for p in problems], temperature, max_new_tokens,
                               derive_seed(seed, "round", 0))
-    result = RefineResult(rounds=[answers], tokens=[cost.generated_tokens], revised=[0])
+    result = RefineResult(rounds=[answers], tokens=[cost.generated_tokens], flags=[[None] * len(problems)])
     for r in range(1, rounds + 1):
         flags = critic.flag(problems, answers, rng)
         todo = [i for i, f in enumerate(flags) if f is not None]
@@ -136,7 +141,7 @@ def refine(policy: Policy, problems: Sequence[Problem], task: Task, critic: Crit
             answers[i] = t
         result.rounds.append(answers)
         result.tokens.append(result.tokens[-1] + more.generated_tokens)
-        result.revised.append(len(todo))
+        result.flags.append(flags)
     return result
 
 
@@ -188,10 +193,8 @@ def refine_to_file(policy: Policy, problems: Sequence[Problem], task: Task, crit
             records.append(RefineRecord(
                 problem_id=p.id, critic=critic.name, answers=[t.final_answer for t in mine],
                 correct=[bool(t.correct) for t in mine], integrated=[integrated[r][i] for r in range(rounds + 1)],
-                steps=[t.steps for t in mine],
-                revised_from=[None] + [t.meta.get("kept") if t is not mine[r - 1] else None
-                                       for r, t in enumerate(mine) if r > 0],
-                generated_tokens=[t.cost.generated_tokens if r == 0 or t is not mine[r - 1] else 0
+                steps=[t.steps for t in mine], revised_from=[res.flags[r][i] for r in range(rounds + 1)],
+                generated_tokens=[t.cost.generated_tokens if r == 0 or res.flags[r][i] is not None else 0
                                   for r, t in enumerate(mine)]))
         if on_batch:
             on_batch(len(records))
