@@ -17,7 +17,7 @@ from stepforge.search.refine import (
     refine,
     refine_to_file,
 )
-from stepforge.tasks import get_world
+from stepforge.tasks import get_world, prompt_text
 
 WORLD = get_world("arith")
 TASK = WORLD.task
@@ -158,12 +158,6 @@ class StepJudge:
     def generate(self, prompts, *, n=1, stop=None, max_new_tokens=256, temperature=1.0, seed=None):
         texts = ["\\boxed{1}" if "= 9 are left" in prompt_text(p) else "\\boxed{-1}" for p in prompts]
         return GenerationResult([[Completion(t, 3, "stop", None)] for t in texts], GenerationCost(0, 3, 1))
-
-
-def prompt_text(p):
-    from stepforge.tasks import prompt_text as text
-
-    return text(p)
 
 
 def test_refine_on_gsm8k_through_a_server_with_a_judge_critic():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 from stepforge.tasks import Task, World, register_world
 from stepforge.worlds.agent.game import ReachEnv, generate
+from stepforge.worlds.arith import task as arith_task
 
 _VALUE = re.compile(r"=(\d+)(?: no)?\s*$")
 
@@ -30,18 +32,6 @@ AGENT = Task(
 )
 
 
-def _policy_dir(path: str | Path | None = None) -> Path | None:
-    from stepforge.worlds.arith.policy import resolve_policy_dir
-
-    return resolve_policy_dir(path, "agent")
-
-
-def _load_policy(path: str | Path | None = None):
-    from stepforge.worlds.arith.policy import load_policy
-
-    return load_policy(path, "agent")
-
-
 def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: int = 1, progress=None,
                   episodes: int = 6000, noise: float = 0.3, record: dict | None = None, **config) -> Path:
     """The world's tiny Llama (arith tokenizer) imitating noisy-expert turns: each example is
@@ -59,13 +49,9 @@ def _train_policy(out: str | Path, steps: int = 2000, seed: int = 0, threads: in
                         corpus=corpus, record=info)
 
 
-def _cache_dir() -> Path:
-    from stepforge.worlds.arith.policy import default_cache_dir
-
-    return default_cache_dir("agent")
-
-
+# the arith world's lazy policy plumbing, for this world's cache (same model family and tokenizer)
 AGENT_WORLD = register_world(World(
-    name="agent", task=AGENT, generate=generate, policy_dir=_policy_dir, load_policy=_load_policy,
-    train_policy=_train_policy, cache_dir=_cache_dir, make_env=ReachEnv, defaults={"min_steps": 2, "max_steps": 5},
+    name="agent", task=AGENT, generate=generate, policy_dir=partial(arith_task._policy_dir, world="agent"),
+    load_policy=partial(arith_task._load_policy, world="agent"), train_policy=_train_policy,
+    cache_dir=partial(arith_task._cache_dir, "agent"), make_env=ReachEnv, defaults={"min_steps": 2, "max_steps": 5},
 ))
