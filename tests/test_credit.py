@@ -7,7 +7,11 @@ from hypothesis import strategies as st
 
 from stepforge.train.credit import (
     add_verifiable_reward,
+    anchor_groups,
     gigpo_advantages,
+    oprl_advantages,
+    trajectory_dpo_loss,
+    trajectory_dpo_pairs,
     group_normalize,
     min_form_returns,
     pure_soft_min_rewards,
@@ -87,6 +91,48 @@ def test_gigpo_by_hand():
     # A^E = ±1; at s0 the step returns 1 vs 0 normalise to ±1; "a"/"b" are seen once
     assert adv[0].tolist() == pytest.approx([1.5, 1.0], abs=1e-4)
     assert adv[1].tolist() == pytest.approx([-1.5, -1.0], abs=1e-4)
+
+
+def test_anchor_groups_and_gigpo_with_discounted_returns_by_hand():
+    # group 0: episodes 0 and 1 both start at "34"; episode 1 passes "37" twice; group 1 has its own "34"
+    states = [["34", "68"], ["34", "37", "37"], ["34"]]
+    assert anchor_groups([0, 0, 1], states) == [[(0, 0), (1, 0)], [(0, 1)], [(1, 1), (1, 2)], [(2, 0)]]
+    # GiGPO, γ = 0.95: episode 0 rewards (0, 1) -> G = (0.95, 1); episode 1 (0, 0, 0) -> G = 0
+    g0 = sum_form_returns(torch.tensor([0.0, 1.0]), 0.95)
+    assert g0.tolist() == pytest.approx([0.95, 1.0])
+    adv = gigpo_advantages(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 1]), [g0, torch.zeros(3), torch.zeros(1)],
+                           states, omega=1.0, std=False)
+    # A^E centred only: +0.5 / −0.5 (group 0), 0 (group 1 alone); anchor "34": 0.95 vs 0 -> ±0.475;
+    # anchor "37" (both in episode 1): returns 0 and 0 -> 0; singletons 0
+    assert adv[0].tolist() == pytest.approx([0.975, 0.5])
+    assert adv[1].tolist() == pytest.approx([-0.975, -0.5, -0.5])
+    assert adv[2].tolist() == pytest.approx([0.0])
+
+
+def test_oprl_advantages_by_hand():
+    outcomes, groups = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
+    r = [torch.tensor([0.3, 0.1]), torch.tensor([-0.1, -0.3])]
+    # A^E = ±1; the group's step rewards {0.3, 0.1, −0.1, −0.3}: mean 0, std √0.05 = 0.2236
+    adv = oprl_advantages(outcomes, groups, r, alpha=1.0)
+    s = 0.05 ** 0.5
+    assert adv[0].tolist() == pytest.approx([1 + 0.3 / s, 1 + 0.1 / s], abs=1e-4)
+    assert adv[1].tolist() == pytest.approx([-1 - 0.1 / s, -1 - 0.3 / s], abs=1e-4)
+    # the released code's baseline: one entry per trajectory (its mean): {0.2, −0.2}, std 0.2
+    adv = oprl_advantages(outcomes, groups, r, alpha=0.5, step_baseline="trajectories")
+    assert adv[0].tolist() == pytest.approx([1 + 0.5 * 1.5, 1 + 0.5 * 0.5], abs=1e-4)
+    # RLOO episode baseline: a lone trajectory gets A^E = 0; its own two steps still normalise to ±1
+    lone = oprl_advantages(torch.tensor([1.0]), torch.tensor([3]), [torch.tensor([0.2, 0.4])], episode_baseline="rloo")
+    assert lone[0].tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)
+
+
+def test_trajectory_dpo_pairs_and_loss_by_hand():
+    success, groups = [True, False, False, True, True, False], [0, 0, 0, 0, 1, 1]
+    assert trajectory_dpo_pairs(success, groups) == [(0, 1), (3, 2), (4, 5)]
+    assert trajectory_dpo_pairs(success, groups, "all") == [(0, 1), (0, 2), (3, 1), (3, 2), (4, 5)]
+    assert trajectory_dpo_pairs([True, True], [0, 0]) == []  # no failure: nothing to prefer
+    # −log σ(β(Δ⁺ − Δ⁻)) with β = 0.5: Δ⁺ − Δ⁻ = 2 -> −log σ(1) = 0.31326
+    loss = trajectory_dpo_loss(torch.tensor([1.5]), torch.tensor([-0.5]), beta=0.5)
+    assert loss.item() == pytest.approx(0.313262, abs=1e-5)
 
 
 @pytest.mark.parametrize("reward", [0.5, -0.5])

@@ -125,24 +125,84 @@ def rloo_step_advantages(step_returns: Sequence[torch.Tensor], groups: Sequence[
     return out
 
 
-def gigpo_advantages(episode_returns: torch.Tensor, groups: torch.Tensor, step_returns: Sequence[torch.Tensor],
-                     step_states: Sequence[Sequence[str]], omega: float = 1.0, eps: float = 1e-6
-                     ) -> list[torch.Tensor]:
-    """GiGPO (Feng et al. 2025): episode advantage A^E_i = (R_i − mean R)/std R over the group,
-    plus a step advantage among steps of the group that start from the same state (anchor
-    states, compared by hash): A^S = (G_t − mean)/std over that anchor group. Per-step
-    advantage = A^E + ω·A^S; states seen once get A^S = 0."""
-    a_ep = group_normalize(episode_returns, groups)
+def anchor_groups(groups: Sequence[int], step_states: Sequence[Sequence[str]]) -> list[list[tuple[int, int]]]:
+    """GiGPO's anchor groups: the (trajectory, step) pairs of one prompt group whose steps
+    start from the same environment state (compared by its hashable key), in first-seen order;
+    singletons included."""
     anchors: dict[tuple[int, str], list[tuple[int, int]]] = {}
     for i, states in enumerate(step_states):
         for t, s in enumerate(states):
             anchors.setdefault((int(groups[i]), s), []).append((i, t))
+    return list(anchors.values())
+
+
+def gigpo_advantages(episode_returns: torch.Tensor, groups: torch.Tensor, step_returns: Sequence[torch.Tensor],
+                     step_states: Sequence[Sequence[str]], omega: float = 1.0, std: bool = True, eps: float = 1e-6
+                     ) -> list[torch.Tensor]:
+    """GiGPO (Feng et al. 2025, verl-agent core_gigpo.py): episode advantage
+    A^E_i = (R_i − mean R)/std R over the prompt group, plus a step advantage among the steps of
+    the group that start from the same state (:func:`anchor_groups`):
+    A^S_{i,t} = (G_{i,t} − mean G)/std G over that anchor group, G_t = Σ_{k≥t} γ^{k−t} r_k.
+    Per-step advantage A^E + ω·A^S; ``std=False`` only centres both (GiGPO's "none"
+    normalisation); a state seen once gets A^S = 0."""
+    a_ep = group_normalize(episode_returns, groups, std=std)
     out = [torch.full((len(states),), float(a_ep[i])) for i, states in enumerate(step_states)]
-    for members in anchors.values():
+    for members in anchor_groups([int(g) for g in groups], step_states):
         if len(members) < 2:
             continue
         g = torch.tensor([float(step_returns[i][t]) for i, t in members])
-        norm = (g - g.mean()) / (g.std(unbiased=False) + eps)
+        centred = g - g.mean()
+        norm = centred / (g.std(unbiased=False) + eps) if std else centred
         for (i, t), a in zip(members, norm, strict=True):
             out[i][t] += omega * a
     return out
+
+
+def oprl_advantages(outcomes: torch.Tensor, groups: torch.Tensor, step_rewards: Sequence[torch.Tensor],
+                    alpha: float = 1.0, step_baseline: str = "steps", episode_baseline: str = "grpo",
+                    eps: float = 1e-6) -> list[torch.Tensor]:
+    """OPRL / iStar (Liu et al. 2025, arXiv 2509.19199): A_{i,t} = A^E_i + α·A^S_{i,t} with
+    A^E_i = (r_o,i − mean r_o)/std r_o over the prompt group (``episode_baseline="rloo"``:
+    r_o,i − mean of the others) and A^S_{i,t} = (r_φ(a_{i,t}) − mean)/std, the mean and std over
+    every step reward of the group (the paper; ``step_baseline="trajectories"``: over one entry
+    per trajectory, its mean step reward, as we read the released code)."""
+    a_ep = rloo_advantages(outcomes, groups) if episode_baseline == "rloo" else group_normalize(outcomes, groups)
+    if step_baseline not in ("steps", "trajectories"):
+        raise ValueError(f"step_baseline is 'steps' or 'trajectories', got {step_baseline!r}")
+    out = []
+    for i, r in enumerate(step_rewards):
+        mates = [step_rewards[j] for j in range(len(step_rewards)) if int(groups[j]) == int(groups[i]) and
+                 step_rewards[j].numel()]
+        pool = (torch.cat(mates) if step_baseline == "steps" else torch.stack([m.mean() for m in mates])).double()
+        a_step = (r.double() - pool.mean()) / (pool.std(unbiased=False) + eps) if pool.numel() > 1 \
+            else torch.zeros_like(r, dtype=torch.float64)
+        out.append((float(a_ep[i]) + alpha * a_step).float())
+    return out
+
+
+def trajectory_dpo_pairs(success: Sequence[bool], groups: Sequence[int], pairing: str = "matched"
+                         ) -> list[tuple[int, int]]:
+    """(chosen, rejected) trajectory indices from the same prompt group: ``matched`` pairs the
+    k-th success with the k-th failure (min(#success, #failure) pairs per group, each
+    trajectory used once: the paper's pairs); ``all`` pairs every success with every failure
+    (the released iStar code)."""
+    if pairing not in ("matched", "all"):
+        raise ValueError(f"pairing is 'matched' or 'all', got {pairing!r}")
+    by_group: dict[int, tuple[list[int], list[int]]] = {}
+    for i, (ok, g) in enumerate(zip(success, groups, strict=True)):
+        by_group.setdefault(int(g), ([], []))[0 if ok else 1].append(i)
+    pairs = []
+    for wins, losses in by_group.values():
+        if pairing == "matched":
+            pairs += list(zip(wins, losses, strict=False))
+        else:
+            pairs += [(w, x) for w in wins for x in losses]
+    return pairs
+
+
+def trajectory_dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float = 0.05
+                        ) -> torch.Tensor:
+    """OPRL's PRM objective, DPO over whole trajectories (Rafailov et al. 2023 with the moving
+    reference π_old): L = −mean log σ(β·Δ⁺ − β·Δ⁻), Δ = Σ_{action tokens} log π_φ − log π_old
+    (per pair; observation tokens are not in Δ)."""
+    return -torch.nn.functional.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()
