@@ -39,13 +39,14 @@ def test_generated_games_are_solvable_within_their_distance_range():
 def test_environment_steps_rewards_and_exact_progress_labels():
     env = ReachEnv()
     first, state = env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
-    assert (first, state, env.budget) == ("34 71 a+3 b-2 c*2\n", "34", 4)
-    r = env.step("a")  # a+3: 37, distance 3 -> not progress
-    assert (r.observation, r.reward, r.done, r.state, r.progress) == ("=37\n", 0.0, False, "37", False)
+    assert (first, state, env.budget) == ("34 71 a+3 b-2 c*2\n=34 +37\n", "34", 4)
+    r = env.step("+3")  # 37, distance 3 -> not progress
+    assert (r.observation, r.reward, r.done, r.state, r.progress) == ("=37 +34\n", 0.0, False, "37", False)
     r = env.step("d")  # not an operation: penalty, state unchanged
-    assert (r.observation, r.reward, r.state, r.progress) == ("=37 no\n", -0.1, "37", False)
+    assert (r.observation, r.reward, r.state, r.progress) == ("=37 +34 no\n", -0.1, "37", False)
+    assert env.step("*3").reward == -0.1  # not one of this task's operations
     env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
-    assert env.step("c").progress and env.step("a").reward == 1.0
+    assert env.step("c").progress and env.step("+3").reward == 1.0  # by tag or as written
     env.reset(Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71"))
     assert [env.step("b").done for _ in range(4)] == [False, False, False, True]  # budget: distance 2 + 2
 
@@ -65,11 +66,11 @@ class Expert:
         for prompt in prompts:
             lines = prompt.strip().split("\n")
             g = parse_game(lines[0])
-            value = int(lines[-1].split("=")[1].split()[0]) if len(lines) > 1 else g.start
+            value = int(lines[-1].split("=")[1].split()[0])
             d = g.distances()
             action = min(g.moves(value), key=lambda m: d.get(m[1], 99))[0]
-            if self.blunder and len(lines) == 1:
-                action = "z"
+            if self.blunder and len(lines) == 2:
+                action = "d"  # a tag this task does not have
             rows.append([Completion(action, 3, "stop", "=")])
         return GenerationResult(rows, GenerationCost(0, 3 * len(prompts), 1))
 
@@ -86,7 +87,7 @@ def test_rollouts_batch_every_live_episode_and_label_turns_exactly():
         len(t.steps) for t in episodes)
     blunders, _ = rollout(Expert(blunder=True), problems[:1], TASK, WORLD.make_env)
     t = blunders[0]
-    assert t.steps[0] == "z" and t.step_labels[0] == 0.0 and t.meta["episode"]["rewards"][0] == -0.1
+    assert t.steps[0] == "d" and t.step_labels[0] == 0.0 and t.meta["episode"]["rewards"][0] == -0.1
     assert t.correct and t.meta["episode"]["return"] == pytest.approx(0.9)
 
 
@@ -94,11 +95,32 @@ def test_transcript_and_action_spans_golden():
     problem = Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71")
     [t], _ = rollout(Expert(blunder=True), [problem], TASK, WORLD.make_env)
     text = episode_text(problem, t, TASK)
-    assert text == "34 71 a+3 b-2 c*2\nz=34 no\nc=68\na=71\n"
+    assert text == "34 71 a+3 b-2 c*2\n=34 +37\nd=34 +37 no\n*2=68 +3\n+3=71 +0\n"
     spans = action_spans(problem, t, TASK)
-    assert [text[a:b] for a, b in spans] == ["z", "c", "a"]
-    assert spans == [(18, 19), (26, 27), (31, 32)]  # everything else is the environment's
+    assert [text[a:b] for a, b in spans] == ["d", "*2", "+3"]
+    assert spans == [(26, 27), (38, 40), (47, 49)]  # everything else is the environment's
     assert t.final_answer == "71" and t.meta["episode"]["states"] == ["34", "34", "68", "71"]
+
+
+def test_observation_tokens_are_masked_golden():
+    """Only the agent's action tokens belong to a turn; the prompt, every observation (its "=",
+    value, gap, "no", newline) and <s> are −1, so no loss ever trains on them."""
+    from stepforge.env.rollout import episode_tokens
+
+    problem = Problem(id="g", question="34 71 a+3 b-2 c*2", answer="71")
+    [t], _ = rollout(Expert(blunder=True), [problem], TASK, WORLD.make_env)
+    ids, owner = episode_tokens(_tokenizer(), problem, t, TASK)
+    tokens = _tokenizer().convert_ids_to_tokens(ids)
+    turns = {k: [tok for tok, o in zip(tokens, owner, strict=True) if o == k] for k in (-1, 0, 1, 2)}
+    assert turns[0] == ["d"] and turns[1] == ["*2"] and turns[2] == ["+3"]
+    assert "".join(turns[-1]) == "<s>34 71 a+3 b-2 c*2\n=34 +37\n=34 +37 no\n=68 +3\n=71 +0\n"
+    assert len(ids) == len(owner)
+
+
+def _tokenizer():
+    from stepforge.worlds.arith.tokenizer import build_tokenizer
+
+    return build_tokenizer()
 
 
 def test_noisy_expert_turns_and_a_tiny_policy_through_the_rollout_cli(tmp_path):
@@ -109,7 +131,7 @@ def test_noisy_expert_turns_and_a_tiny_policy_through_the_rollout_cli(tmp_path):
 
     g = parse_game("34 71 a+3 b-2 c*2")
     turns = expert_turns(g, random.Random(0), noise=0.0)
-    assert turns == [("34 71 a+3 b-2 c*2\n", "c"), ("34 71 a+3 b-2 c*2\nc=68\n", "a")]
+    assert turns == [("34 71 a+3 b-2 c*2\n=34 +37\n", "*2"), ("34 71 a+3 b-2 c*2\n=34 +37\n*2=68 +3\n", "+3")]
     noisy = expert_turns(g, random.Random(1), noise=1.0)
     assert 1 <= len(noisy) <= 4  # the budget: distance 2 + 2
 

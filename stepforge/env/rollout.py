@@ -95,6 +95,17 @@ def action_spans(problem: Problem, trajectory: Trajectory, task: Task) -> list[t
     return spans
 
 
+def episode_tokens(tokenizer, problem: Problem, trajectory: Trajectory, task: Task) -> tuple[list[int], list[int]]:
+    """The episode's transcript as token ids and, per token, the index of the turn whose action
+    holds it; −1 for prompt, observation and special tokens (they are masked out of every
+    loss). Turns are found by character offsets (:mod:`stepforge.alignment`), so any fast
+    tokenizer works; the transcript is re-encoded as a whole, as multi-turn agent trainers do."""
+    from stepforge.alignment import token_steps
+
+    enc = tokenizer(episode_text(problem, trajectory, task), return_offsets_mapping=True)
+    return list(enc["input_ids"]), token_steps(enc["offset_mapping"], action_spans(problem, trajectory, task))
+
+
 def rollout_to_file(policy: Policy, problems: Sequence[Problem], task: Task, make_env: Callable[[], Environment],
                     path, *, n: int = 1, temperature: float = 1.0, max_turns: int = 16, max_new_tokens: int = 16,
                     seed: int = 0, batch_problems: int = 64, on_batch=None) -> list[Trajectory]:

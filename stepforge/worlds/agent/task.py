@@ -7,10 +7,10 @@ from functools import partial
 from pathlib import Path
 
 from stepforge.tasks import Task, World, register_world
-from stepforge.worlds.agent.game import ReachEnv, generate
+from stepforge.worlds.agent.game import ReachEnv, generate, parse_game
 from stepforge.worlds.arith import task as arith_task
 
-_VALUE = re.compile(r"=(\d+)(?: no)?\s*$")
+_VALUE = re.compile(r"=(\d+)(?: [+-]\d+)?(?: no)?\s*$")
 
 
 def _final_value(text: str) -> str | None:
@@ -24,7 +24,7 @@ def _final_value(text: str) -> str | None:
 
 AGENT = Task(
     name="agent",
-    build_prompt=lambda p: p.question + "\n",
+    build_prompt=lambda p: parse_game(p.question).prompt,
     extract_answer=_final_value,
     answer_mode="exact",
     step_stop="=",  # the agent writes an action; the environment writes "=value\n"

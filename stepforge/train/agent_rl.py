@@ -1,0 +1,297 @@
+"""Multi-turn RL for agents with turn-level credit (issue #12): OPRL/iStar, GiGPO and baselines.
+
+One iteration: roll out ``episodes_per_task`` episodes of each of ``tasks_per_iteration``
+fresh tasks (every live episode in one backend call per turn) → outcomes r_o (the episode's
+return) → turn rewards → advantages → ``ppo_epochs`` PPO-clip updates without KL; θ_old is
+the policy that rolled out. Only action tokens carry loss (:func:`episode_tokens`); prompt
+and observation tokens are masked. Credit:
+
+- ``outcome``: A = A^E on every action token (GRPO (r_o − mean)/std, or RLOO).
+- ``merged``: the implicit PRM's turn rewards summed into the outcome, r_o + Σ_t r_φ(a_t),
+  then as ``outcome`` (PRIME-style "merged rewards").
+- ``gigpo``: A = A^E + ω·A^S with A^S from anchor groups (turns of a prompt group that
+  start from the same environment state), G_t = Σ_{k≥t} γ^{k−t} r_k of the environment's
+  turn rewards (Feng et al. 2025).
+- ``oprl``: A = A^E + α·A^S with r_φ(a_t) = β·Σ_{tokens of a_t} log π_φ − log π_old, an
+  implicit PRM φ (a copy of the initial policy) trained each iteration by trajectory DPO
+  against the moving reference π_old (Liu et al. 2025, iStar). Paper defaults; the released
+  code's variants are options (``turn_score="mean"``, ``pairing="all"``,
+  ``step_baseline="trajectories"``, ``score_before_update=True``).
+
+Metrics and hacking monitors (episode length, invalid-action share, the PRM's disagreement
+with outcomes on success/failure pairs) go to ``metrics.jsonl`` every iteration; scored
+episodes (with their turn rewards) to ``episodes.jsonl``; a checkpoint every ``save_every``
+iterations, from which a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
+from stepforge.backends.device import model_device
+from stepforge.backends.transformers_backend import TransformersPolicy
+from stepforge.env.rollout import episode_summary, episode_tokens, rollout
+from stepforge.schema import Trajectory
+from stepforge.seeds import derive_seed
+from stepforge.tasks import get_world
+from stepforge.train.credit import (
+    anchor_groups,
+    gigpo_advantages,
+    group_normalize,
+    oprl_advantages,
+    rloo_advantages,
+    sum_form_returns,
+    trajectory_dpo_loss,
+    trajectory_dpo_pairs,
+)
+from stepforge.train.rl import _trainable_parameters
+
+AGENT_CREDITS = ("outcome", "merged", "gigpo", "oprl")
+
+
+@dataclass
+class AgentRLConfig:
+    credit: str = "oprl"
+    iterations: int = 40
+    tasks_per_iteration: int = 16
+    episodes_per_task: int = 8
+    lr: float = 1e-2  # suits trainable=("norm",) (the world policy's RL recipe, bench/credit_assignment.py)
+    trainable: tuple[str, ...] = ("norm",)
+    clip: float = 0.2
+    ppo_epochs: int = 2
+    baseline: str = "grpo"  # episode baseline: grpo | rloo
+    beta: float = 0.05  # OPRL: implicit reward scale
+    alpha: float = 1.0  # OPRL: weight of the step advantage
+    omega: float = 1.0  # GiGPO: weight of the step advantage
+    gamma: float = 0.95  # GiGPO: discount of the environment's turn rewards
+    gigpo_std: bool = True  # GiGPO normalisation: std (True) or none (centre only)
+    prm_lr: float = 1e-2
+    prm_trainable: tuple[str, ...] = ("norm",)
+    prm_updates: int = 1  # DPO steps on the implicit PRM per iteration
+    pairing: str = "matched"  # matched (paper) | all (released code: every success × every failure)
+    turn_score: str = "sum"  # a trajectory's DPO score: sum of its turn log-ratios (paper) | mean (code)
+    step_baseline: str = "steps"  # OPRL's A^S baseline: steps (paper) | trajectories (code)
+    score_before_update: bool = False  # the released code scores turns before the PRM's DPO step
+    temperature: float = 1.0
+    max_turns: int = 16
+    max_new_tokens: int = 8
+    save_every: int = 10
+    seed: int = 0
+    env: str = "agent"
+    min_distance: int = 2
+    max_distance: int = 5
+
+    def __post_init__(self) -> None:
+        if self.credit not in AGENT_CREDITS:
+            raise ValueError(f"unknown agent credit {self.credit!r}; choose from {', '.join(AGENT_CREDITS)}")
+        for name, value, allowed in (("baseline", self.baseline, ("grpo", "rloo")),
+                                     ("pairing", self.pairing, ("matched", "all")),
+                                     ("turn_score", self.turn_score, ("sum", "mean")),
+                                     ("step_baseline", self.step_baseline, ("steps", "trajectories"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"RL samples from the policy: temperature must be > 0, got {self.temperature}")
+
+    @property
+    def uses_prm(self) -> bool:
+        return self.credit in ("oprl", "merged")
+
+
+def turn_sums(values: torch.Tensor, turn_index: torch.Tensor, n_turns: Sequence[int]) -> list[torch.Tensor]:
+    """Per row, the sum of ``values`` over the tokens of each turn (``turn_index`` −1: no turn)."""
+    out = []
+    for b, n in enumerate(n_turns):
+        keep = turn_index[b] >= 0
+        sums = torch.zeros(n, dtype=values.dtype, device=values.device)
+        out.append(sums.index_add(0, turn_index[b][keep], values[b][keep]))
+    return out
+
+
+def agent_alarms(first: dict[str, float], now: dict[str, float]) -> list[str]:
+    """Reward-hacking alarms for agents: episodes growing longer while success does not rise,
+    invalid actions rising, the PRM disagreeing more often with outcomes."""
+    alarms = []
+    if first.get("mean_turns") and now["mean_turns"] > 1.3 * first["mean_turns"] and \
+            now["success"] <= first["success"]:
+        alarms.append(f"episodes grew {first['mean_turns']:.2f} -> {now['mean_turns']:.2f} turns without success")
+    if now["invalid_share"] - first["invalid_share"] > 0.1:
+        alarms.append(f"invalid actions rose {first['invalid_share']:.2f} -> {now['invalid_share']:.2f}")
+    if now.get("prm_disagreement") is not None and first.get("prm_disagreement") is not None and \
+            now["prm_disagreement"] - first["prm_disagreement"] > 0.2:
+        alarms.append(f"PRM disagrees with outcomes {first['prm_disagreement']:.2f} -> {now['prm_disagreement']:.2f}")
+    return alarms
+
+
+def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits / temperature, ids)
+
+
+def implicit_turn_rewards(prm, ids: torch.Tensor, attn: torch.Tensor, old: torch.Tensor, turn: torch.Tensor,
+                          n_turns: Sequence[int], cfg: AgentRLConfig, grad: bool = False) -> list[torch.Tensor]:
+    """OPRL's r_φ(a_t) = β·Σ_{tokens of a_t} (log π_φ − log π_old), per episode and turn."""
+    with torch.set_grad_enabled(grad):
+        ratio = (_logprobs(prm, ids, attn, cfg.temperature) - old) * (turn >= 0)
+        return [cfg.beta * s for s in turn_sums(ratio, turn.clamp(min=0), n_turns)]
+
+
+def _batch(tokenizer, problems, episodes: list[Trajectory], task, n: int, device) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids and attention mask, and per next-token position the turn of the token it
+    predicts (−1: prompt, observation, padding)."""
+    rows = [episode_tokens(tokenizer, problems[i // n], t, task) for i, t in enumerate(episodes)]
+    ids, attn = pad_right([r[0] for r in rows], pad_id(tokenizer))
+    turn = torch.full((len(rows), ids.shape[1] - 1), -1, dtype=torch.long)
+    for b, (_, owner) in enumerate(rows):
+        turn[b, :len(owner) - 1] = torch.tensor(owner[1:])
+    return ids.to(device), attn.to(device), turn.to(device)
+
+
+def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
+                   on_iteration: Callable[[dict[str, Any], list[Trajectory]], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Run (or resume) multi-turn RL; returns the metrics of every iteration.
+
+    ``model`` must be the initial policy: OPRL's implicit PRM starts as a copy of it."""
+    world = get_world(cfg.env)
+    if world.make_env is None:
+        raise ValueError(f"world {world.name!r} is single-turn; agent RL needs a multi-turn world")
+    task = world.task
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prm = copy.deepcopy(model) if cfg.uses_prm else None
+    opt = torch.optim.AdamW(_trainable_parameters(model, cfg.trainable), lr=cfg.lr)
+    prm_opt = torch.optim.AdamW(_trainable_parameters(prm, cfg.prm_trainable), lr=cfg.prm_lr) if prm else None
+    start = _resume(out, model, opt, prm, prm_opt)
+    metrics_path, episodes_path = out / "metrics.jsonl", out / "episodes.jsonl"
+    history = [json.loads(x) for x in metrics_path.read_text().splitlines()][:start] if metrics_path.exists() else []
+    policy = TransformersPolicy(model, tokenizer)
+    device = model_device(model)
+    n = cfg.episodes_per_task
+    for it in range(start, cfg.iterations):
+        problems = world.generate(cfg.tasks_per_iteration, seed=cfg.seed * 100_000 + it, prefix="agent-rl",
+                                  min_steps=cfg.min_distance, max_steps=cfg.max_distance)
+        model.eval()
+        episodes, _ = rollout(policy, problems, task, world.make_env, n=n, temperature=cfg.temperature,
+                              max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
+                              seed=derive_seed(cfg.seed, "agent-rl", it))
+        groups = [i // n for i in range(len(episodes))]
+        n_turns = [len(t.steps) for t in episodes]
+        outcome = torch.tensor([float(t.meta["episode"]["return"]) for t in episodes])
+        success = [bool(t.correct) for t in episodes]
+        ids, attn, turn = _batch(tokenizer, problems, episodes, task, n, device)
+        act = turn >= 0
+        with torch.no_grad():
+            old = _logprobs(model, ids, attn, cfg.temperature)
+        row: dict[str, Any] = {"iteration": it + 1}
+        step_rewards = None
+        if prm is not None:
+            pairs = trajectory_dpo_pairs(success, groups, cfg.pairing)
+            scored = (prm, ids, attn, old, turn, n_turns, cfg)
+
+            if cfg.score_before_update:
+                step_rewards = [r.detach().cpu() for r in implicit_turn_rewards(*scored, grad=False)]
+            prm.train()
+            for _ in range(cfg.prm_updates if pairs else 0):
+                per_turn = implicit_turn_rewards(*scored, grad=True)  # β·log-ratio per turn; DPO's Δ is their sum / β
+                score = torch.stack([(r.mean() if cfg.turn_score == "mean" else r.sum()) if r.numel()
+                                     else r.sum() for r in per_turn]) / cfg.beta
+                chosen, rejected = (torch.tensor(x, device=score.device) for x in zip(*pairs, strict=True))
+                loss = trajectory_dpo_loss(score[chosen], score[rejected], cfg.beta)
+                prm_opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(prm.parameters(), 1.0)
+                prm_opt.step()
+                row["prm_loss"] = round(loss.item(), 5)
+            prm.eval()
+            if step_rewards is None:
+                step_rewards = [r.detach().cpu() for r in implicit_turn_rewards(*scored, grad=False)]
+            totals = torch.stack([r.sum() for r in step_rewards])
+            row["prm_disagreement"] = round(sum(float(totals[w] <= totals[x]) for w, x in pairs) / len(pairs), 5) \
+                if pairs else None
+            for t, r in zip(episodes, step_rewards, strict=True):
+                t.meta["turn_rewards"] = [round(float(x), 6) for x in r]
+        for t in episodes:
+            t.meta["iteration"] = it + 1
+        gr = torch.tensor(groups)
+        if cfg.credit in ("outcome", "merged"):
+            r_o = outcome + torch.stack([r.sum() for r in step_rewards]) if cfg.credit == "merged" else outcome
+            a = rloo_advantages(r_o, gr) if cfg.baseline == "rloo" else group_normalize(r_o, gr)
+            adv_turns = [torch.full((k,), float(a[i])) for i, k in enumerate(n_turns)]
+        elif cfg.credit == "gigpo":
+            returns = [sum_form_returns(torch.tensor(t.meta["episode"]["rewards"]), cfg.gamma) for t in episodes]
+            states = [t.meta["episode"]["states"][:-1] for t in episodes]  # the state each turn starts from
+            adv_turns = gigpo_advantages(outcome, gr, returns, states, cfg.omega, std=cfg.gigpo_std)
+            anchored = sum(len(m) for m in anchor_groups(groups, states) if len(m) > 1)
+            row["anchor_share"] = round(anchored / max(1, sum(n_turns)), 5)
+        else:
+            adv_turns = oprl_advantages(outcome, gr, step_rewards, cfg.alpha, cfg.step_baseline, cfg.baseline)
+        adv = torch.zeros_like(old)
+        for b, a in enumerate(adv_turns):
+            if a.numel():
+                adv[b] = a.to(device)[turn[b].clamp(min=0, max=a.numel() - 1)]
+        adv = adv * act
+        model.train()
+        for _ in range(cfg.ppo_epochs):
+            new = _logprobs(model, ids, attn, cfg.temperature)
+            ratio = torch.exp(new - old)
+            pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
+            loss = (pg * act).sum() / act.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        model.eval()
+        row.update({"loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in episode_summary(episodes).items()}})
+        row["alarms"] = agent_alarms(history[0], row) if history else []
+        history.append(row)
+        for path, lines in ((episodes_path, [t.model_dump_json() for t in episodes]),
+                            (metrics_path, [json.dumps(row)])):
+            with path.open("a") as f:
+                f.write("".join(x + "\n" for x in lines))
+                f.flush()
+                os.fsync(f.fileno())
+        if on_iteration:
+            on_iteration(row, episodes)
+        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
+            _save(out, it + 1, cfg, model=model, optimizer=opt, prm=prm, prm_optimizer=prm_opt)
+    return history
+
+
+def _save(out: Path, step: int, cfg: AgentRLConfig, **state: Any) -> None:
+    payload = {k: v.state_dict() for k, v in state.items() if v is not None}
+    payload.update(step=step, config=json.loads(json.dumps(asdict(cfg), default=str)))
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
+
+
+def _resume(out: Path, model, opt, prm=None, prm_opt=None) -> int:
+    """Load the last checkpoint (if any); metrics and episodes of later iterations are dropped
+    (those iterations are redone)."""
+    step = 0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False, map_location=model_device(model))
+        for key, obj in (("model", model), ("optimizer", opt), ("prm", prm), ("prm_optimizer", prm_opt)):
+            if obj is not None:
+                if key not in state:
+                    raise ValueError(f"{ckpt}: has no {key!r}; resume with the settings that wrote it")
+                obj.load_state_dict(state[key])
+        step = int(state["step"])
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():
+        metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()[:step]))
+    episodes = out / "episodes.jsonl"
+    if episodes.exists():
+        kept = [x for x in episodes.read_text().splitlines() if json.loads(x)["meta"]["iteration"] <= step]
+        episodes.write_text("".join(x + "\n" for x in kept))
+    return step

@@ -1,0 +1,122 @@
+"""Multi-turn RL (issue #12): turn sums, the implicit PRM's DPO step, the loop for every credit."""
+
+import json
+
+import pytest
+import torch
+
+from stepforge.env.rollout import rollout
+from stepforge.tasks import get_world
+from stepforge.train.agent_rl import (
+    AgentRLConfig,
+    _batch,
+    agent_alarms,
+    implicit_turn_rewards,
+    train_agent_rl,
+    turn_sums,
+)
+from stepforge.train.credit import trajectory_dpo_loss
+
+WORLD = get_world("agent")
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    where = WORLD.train_policy(tmp_path_factory.mktemp("agent") / "pol", steps=60, episodes=200, hidden_size=16,
+                               num_layers=1, intermediate_size=32, num_heads=2)
+    return where
+
+
+def test_turn_sums_by_hand():
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    turn = torch.tensor([[-1, 0, 0, -1, 1], [0, -1, -1, -1, -1]])
+    # the caller zeroes tokens of no turn (ratio * act) and clamps their index to 0
+    sums = turn_sums(values * (turn >= 0), turn.clamp(min=0), [2, 1])
+    assert sums[0].tolist() == [5.0, 5.0] and sums[1].tolist() == [1.0]
+
+
+def test_agent_alarms():
+    first = {"mean_turns": 4.0, "success": 0.5, "invalid_share": 0.05, "prm_disagreement": 0.2}
+    assert agent_alarms(first, dict(first)) == []
+    hacked = {"mean_turns": 6.0, "success": 0.5, "invalid_share": 0.2, "prm_disagreement": 0.5}
+    assert len(agent_alarms(first, hacked)) == 3
+    assert agent_alarms(first, {**hacked, "success": 0.7, "invalid_share": 0.05, "prm_disagreement": 0.2}) == []
+
+
+def test_dpo_step_raises_the_success_trajectorys_implicit_reward(tiny_policy):
+    """One trajectory-DPO step on a (success, failure) pair against π_old: the success's
+    implicit reward Σ_t r_φ(a_t) rises relative to the failure's."""
+    import copy
+
+    model, tok = WORLD.load_policy(tiny_policy)
+    problems = WORLD.generate(1, seed=5)
+    pair = [rollout(_Play(invalid), problems, WORLD.task, WORLD.make_env)[0][0] for invalid in (False, True)]
+    assert [t.correct for t in pair] == [True, False]
+    cfg = AgentRLConfig(credit="oprl", beta=0.5)
+    ids, attn, turn = _batch(tok, problems[:1], pair, WORLD.task, 2, "cpu")
+    with torch.no_grad():
+        old = torch.nn.functional.log_softmax(model(input_ids=ids, attention_mask=attn).logits, -1)[:, :-1]
+        old = old.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    prm = copy.deepcopy(model)
+    n_turns = [len(t.steps) for t in pair]
+    before = [r.sum().item() for r in implicit_turn_rewards(prm, ids, attn, old, turn, n_turns, cfg)]
+    assert before == pytest.approx([0.0, 0.0], abs=1e-5)  # φ = π_old: no reward yet
+    opt = torch.optim.SGD(prm.parameters(), lr=0.5)
+    score = torch.stack([r.sum() for r in implicit_turn_rewards(prm, ids, attn, old, turn, n_turns, cfg, grad=True)])
+    loss = trajectory_dpo_loss(score[:1] / cfg.beta, score[1:] / cfg.beta, cfg.beta)
+    assert loss.item() == pytest.approx(0.693147, abs=1e-4)
+    loss.backward()
+    opt.step()
+    after = [r.sum().item() for r in implicit_turn_rewards(prm, ids, attn, old, turn, n_turns, cfg)]
+    assert after[0] - after[1] > 0.01
+
+
+class _Play:
+    """The BFS expert, or (``invalid``) an action no task has, forever: a success and a failure."""
+
+    name = "play"
+
+    def __init__(self, invalid: bool = False) -> None:
+        self.invalid = invalid
+
+    def generate(self, prompts, *, n=1, stop=None, max_new_tokens=16, temperature=1.0, seed=None):
+        from stepforge.backends.base import Completion, GenerationCost, GenerationResult
+        from stepforge.worlds.agent.game import parse_game
+
+        rows = []
+        for prompt in prompts:
+            lines = prompt.strip().split("\n")
+            g, value = parse_game(lines[0]), int(lines[-1].split("=")[1].split()[0])
+            d = g.distances()
+            action = "d" if self.invalid else min(g.moves(value), key=lambda m: d.get(m[1], 99))[0]
+            rows.append([Completion(action, 1, "stop", "=")])
+        return GenerationResult(rows, GenerationCost(0, len(prompts), 1))
+
+
+@pytest.mark.parametrize("credit", ["outcome", "merged", "gigpo", "oprl"])
+def test_agent_rl_runs_resumes_and_reports(tiny_policy, tmp_path, credit):
+    model, tok = WORLD.load_policy(tiny_policy)
+    cfg = AgentRLConfig(credit=credit, iterations=2, tasks_per_iteration=3, episodes_per_task=3, save_every=1,
+                        max_turns=6)
+    history = train_agent_rl(model, tok, tmp_path, cfg)
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert all(0 <= h["success"] <= 1 and h["episodes"] == 9 for h in history)
+    if credit == "gigpo":
+        assert 0 < history[0]["anchor_share"] <= 1  # all episodes of a task start from the same state
+    episodes = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 18
+    if credit in ("oprl", "merged"):
+        assert "prm_disagreement" in history[0]
+        assert all(len(e["meta"]["turn_rewards"]) == len(e["steps"]) for e in episodes)
+    # resume: a longer run continues from the checkpoint of iteration 2
+    model2, _ = WORLD.load_policy(tiny_policy)
+    more = train_agent_rl(model2, tok, tmp_path, AgentRLConfig(**{**cfg.__dict__, "iterations": 3}))
+    assert [h["iteration"] for h in more] == [1, 2, 3] and more[:2] == history
+    assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 27
+
+
+def test_agent_rl_config_errors():
+    with pytest.raises(ValueError, match="unknown agent credit"):
+        AgentRLConfig(credit="ppo")
+    with pytest.raises(ValueError, match="pairing"):
+        AgentRLConfig(pairing="some")
