@@ -9,17 +9,17 @@ from stepforge.train.credit import (
     add_verifiable_reward,
     anchor_groups,
     gigpo_advantages,
-    oprl_advantages,
-    trajectory_dpo_loss,
-    trajectory_dpo_pairs,
     group_normalize,
     min_form_returns,
+    oprl_advantages,
     pure_soft_min_rewards,
     rloo_advantages,
     rloo_step_advantages,
     soft_min_returns,
     step_returns_to_tokens,
     sum_form_returns,
+    trajectory_dpo_loss,
+    trajectory_dpo_pairs,
 )
 
 rewards = st.lists(st.floats(-1, 1, allow_nan=False, width=32), min_size=1, max_size=12).map(

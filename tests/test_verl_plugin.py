@@ -42,7 +42,8 @@ def test_registration_with_verl_when_installed():
     names = register_verl_estimators()
     fn = core_algos.get_adv_estimator_fn("stepforge_min")
     adv, _ = fn(token_level_rewards=REWARDS, response_mask=MASK, index=INDEX, config=None)
-    assert names == ["stepforge_min", "stepforge_sum"] and adv.shape == REWARDS.shape
+    assert names == ["stepforge_min", "stepforge_sum", "stepforge_gigpo", "stepforge_oprl"]
+    assert adv.shape == REWARDS.shape
 
 
 def test_groups_whose_hashes_collide_stay_separate():
@@ -113,3 +114,37 @@ def test_step_reward_manager_scores_step_ends_with_a_prm_and_marks_them():
     # min-form: the wrong solution's returns are 0 everywhere, the right one's 1; group mean 0.5
     assert adv[0, 0].item() == pytest.approx(-0.5) and adv[1, 0].item() == pytest.approx(0.5)
     assert adv[0, len(rows[0]):].abs().sum() == 0  # padding gets nothing
+
+
+def test_turn_estimators_in_verl_agent_layout_match_the_pure_functions():
+    """One row per turn: episodes A (2 turns, success) and B (2 turns, failure) of one prompt,
+    both starting from state "34"; the outcome sits on each episode's last row."""
+    import numpy as np
+
+    from stepforge.train.credit import gigpo_advantages, oprl_advantages
+    from stepforge.train.verl_plugin import compute_turn_advantages, make_turn_estimator
+
+    rewards = torch.zeros(4, 3)
+    rewards[1, 1] = 1.0  # episode A's last turn: success
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    uid, traj = np.array(["p", "p", "p", "p"], dtype=object), np.array(["A", "A", "B", "B"], dtype=object)
+    anchors = np.array(["34", "68", "34", "37"], dtype=object)
+    adv, ret = make_turn_estimator("gigpo")(rewards, mask, uid, traj_index=traj, anchor_obs=anchors, gamma=0.5)
+    expected = gigpo_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]),
+                                [torch.tensor([0.5, 1.0]), torch.tensor([0.0, 0.0])], [["34", "68"], ["34", "37"]])
+    assert adv[0, :2].tolist() == pytest.approx([float(expected[0][0])] * 2, abs=1e-5)  # 1 + 1
+    assert adv[3].tolist() == pytest.approx([float(expected[1][1])] * 3, abs=1e-5)  # −1, "37" seen once
+    assert adv[0, 2] == 0 and ret[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    turn_values = torch.tensor([0.2, 0.1, -0.1, -0.2])
+    adv, _ = make_turn_estimator("oprl")(rewards, mask, uid, traj_index=traj, turn_values=turn_values)
+    expected = oprl_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), [turn_values[:2], turn_values[2:]])
+    assert adv[:, 0].tolist() == pytest.approx([*expected[0].tolist(), *expected[1].tolist()], abs=1e-5)
+
+    from types import SimpleNamespace  # a DataProto stand-in: .batch and .non_tensor_batch
+
+    proto = SimpleNamespace(batch={"token_level_rewards": rewards, "response_mask": mask, "turn_values": turn_values},
+                            non_tensor_batch={"uid": uid, "traj_uid": traj})
+    out = compute_turn_advantages(proto, "oprl")
+    assert torch.allclose(out.batch["advantages"], adv)
+    with pytest.raises(ValueError, match="traj_index"):
+        make_turn_estimator("gigpo")(rewards, mask, uid)

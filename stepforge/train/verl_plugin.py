@@ -15,6 +15,10 @@ step-end mask the estimator falls back to reading step ends as the non-zero rewa
 
     from stepforge.train.verl_plugin import register_verl_estimators
     register_verl_estimators()          # then algorithm.adv_estimator=stepforge_min in the verl config
+
+Multi-turn agents (issue #12): ``stepforge_gigpo`` and ``stepforge_oprl`` take verl-agent's
+layout, one row per turn with ``traj_index`` naming the episode (:func:`turn_credit_advantages`,
+:func:`compute_turn_advantages`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,14 @@ from stepforge.alignment import generated_offsets, locate_steps, tokens_at_chars
 from stepforge.schema import Trajectory
 from stepforge.search.base import Scorer
 from stepforge.tasks import Task
-from stepforge.train.credit import group_normalize, min_form_returns, step_returns_to_tokens, sum_form_returns
+from stepforge.train.credit import (
+    gigpo_advantages,
+    group_normalize,
+    min_form_returns,
+    oprl_advantages,
+    step_returns_to_tokens,
+    sum_form_returns,
+)
 
 ESTIMATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "stepforge_min": min_form_returns,
@@ -90,6 +101,81 @@ def make_estimator(name: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]
 
     estimator.__name__ = name
     return estimator
+
+
+def turn_credit_advantages(token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Any,
+                           traj_index: Any, method: str, turn_values: torch.Tensor | None = None,
+                           anchor_obs: Any = None, gamma: float = 0.95, weight: float = 1.0, norm_by_std: bool = True,
+                           epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-turn credit in verl-agent's layout: one row per turn, ``index`` the prompt group,
+    ``traj_index`` the episode (rows in turn order). An episode's outcome is the sum of its
+    rows' token rewards. ``gigpo``: ``turn_values`` are the turns' discounted returns
+    (verl-agent's ``step_rewards``; without them, computed with ``gamma`` from each row's
+    reward) and ``anchor_obs`` the state each turn starts from; ``oprl``: ``turn_values`` are the
+    implicit turn rewards r_φ(a_t). Each row's response tokens get A^E + weight·A^S
+    (:func:`~stepforge.train.credit.gigpo_advantages`, :func:`~stepforge.train.credit.oprl_advantages`)."""
+    bs = token_level_rewards.shape[0]
+    mask = response_mask.to(torch.float32)
+    row_reward = (token_level_rewards.float() * mask).sum(-1)
+    episodes: dict[Any, list[int]] = {}
+    for i in range(bs):
+        episodes.setdefault(_group_key(traj_index[i]), []).append(i)
+    rows = list(episodes.values())
+    group_ids: dict[Any, int] = {}
+    groups = torch.tensor([group_ids.setdefault(_group_key(index[r[0]]), len(group_ids)) for r in rows])
+    outcome = torch.stack([row_reward[r].sum() for r in rows])
+    if method == "gigpo":
+        if anchor_obs is None:
+            raise ValueError("stepforge_gigpo needs anchor_obs: the state each turn starts from")
+        returns = [turn_values[r].float() if turn_values is not None else sum_form_returns(row_reward[r], gamma)
+                   for r in rows]
+        states = [[str(_group_key(anchor_obs[i])) for i in r] for r in rows]
+        per_turn = gigpo_advantages(outcome, groups, returns, states, weight, std=norm_by_std, eps=epsilon)
+    elif method == "oprl":
+        if turn_values is None:
+            raise ValueError("stepforge_oprl needs turn_values: the implicit PRM's reward of each turn")
+        per_turn = oprl_advantages(outcome, groups, [turn_values[r].float() for r in rows], weight, eps=epsilon)
+    else:
+        raise ValueError(f"unknown multi-turn method {method!r}; expected gigpo or oprl")
+    advantages, ret = torch.zeros_like(mask), torch.zeros_like(mask)
+    for k, (r, a) in enumerate(zip(rows, per_turn, strict=True)):
+        advantages[r] = a.float()[:, None].expand(len(r), mask.shape[1])
+        ret[r] = float(outcome[k])  # returns: the episode's outcome on each of its rows
+    return advantages * mask, ret * mask
+
+
+def make_turn_estimator(method: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    def estimator(token_level_rewards, response_mask, index, traj_index=None, config=None, epsilon: float = 1e-6,
+                  norm_adv_by_std_in_grpo: bool = True, turn_values=None, step_rewards=None, anchor_obs=None,
+                  gamma: float = 0.95, weight: float = 1.0, **kwargs):
+        if traj_index is None:
+            raise ValueError(f"stepforge_{method} needs traj_index: the episode of each turn row")
+        values = turn_values if turn_values is not None else step_rewards
+        return turn_credit_advantages(token_level_rewards, response_mask, index, traj_index, method, values,
+                                      anchor_obs, gamma, weight, norm_adv_by_std_in_grpo, epsilon)
+
+    estimator.__name__ = f"stepforge_{method}"
+    return estimator
+
+
+TURN_ESTIMATORS = ("gigpo", "oprl")
+
+
+def compute_turn_advantages(data: Any, method: str = "oprl", gamma: float = 0.95, weight: float = 1.0,
+                            norm_by_std: bool = True) -> Any:
+    """:func:`turn_credit_advantages` on a verl ``DataProto`` in verl-agent's layout:
+    ``non_tensor_batch`` holds ``uid`` (prompt group), ``traj_uid`` (episode) and, for GiGPO,
+    ``anchor_obs``; ``batch`` holds ``turn_values`` (OPRL's r_φ per row) or ``step_rewards``
+    (GiGPO's discounted returns per row), optional for GiGPO."""
+    batch, extra = data.batch, data.non_tensor_batch
+    keys = batch.keys()
+    values = batch["turn_values"] if "turn_values" in keys else batch["step_rewards"] if "step_rewards" in keys \
+        else None
+    adv, ret = turn_credit_advantages(batch["token_level_rewards"], batch["response_mask"], extra["uid"],
+                                      extra["traj_uid"], method, values, extra.get("anchor_obs"), gamma, weight,
+                                      norm_by_std)
+    batch["advantages"], batch["returns"] = adv, ret
+    return data
 
 
 def compute_step_advantages(data: Any, estimator: str = "stepforge_min", norm_by_std: bool = True) -> Any:
@@ -168,4 +254,6 @@ def register_verl_estimators() -> list[str]:
         raise ImportError("the verl plug-in needs verl: pip install 'stepforge[verl]'") from err
     for name in ESTIMATORS:
         register_adv_est(name)(make_estimator(name))
-    return list(ESTIMATORS)
+    for method in TURN_ESTIMATORS:
+        register_adv_est(f"stepforge_{method}")(make_turn_estimator(method))
+    return [*ESTIMATORS, *(f"stepforge_{m}" for m in TURN_ESTIMATORS)]
