@@ -208,6 +208,31 @@ def register_world(world: World) -> World:
     return world
 
 
+# multi-turn environments that are not worlds (real-data agent paths): name -> (task, make_env)
+ENVIRONMENTS: dict[str, tuple[Task, Callable[[], Environment]]] = {}
+BUILTIN_ENVIRONMENTS = ("stepforge.env.calculator",)  # imported on first lookup; each registers itself
+
+
+def register_environment(name: str, task: Task, make_env: Callable[[], Environment]) -> None:
+    ENVIRONMENTS[name] = (task, make_env)
+
+
+def get_environment(name: str) -> tuple[Task, Callable[[], Environment], World | None]:
+    """A multi-turn environment by name: a world with ``make_env`` (its problems come from
+    the world) or a registered real-data environment (problems come from ``--data``)."""
+    _load_builtin_worlds()
+    if name in WORLDS and WORLDS[name].make_env is not None:
+        world = WORLDS[name]
+        return world.task, world.make_env, world
+    if name not in ENVIRONMENTS:
+        for module in BUILTIN_ENVIRONMENTS:
+            importlib.import_module(module)
+    if name in ENVIRONMENTS:
+        return (*ENVIRONMENTS[name], None)
+    available = sorted([w.name for w in WORLDS.values() if w.make_env is not None] + list(ENVIRONMENTS))
+    raise ValueError(f"unknown multi-turn environment {name!r}; available: {', '.join(available)}")
+
+
 def _load_builtin_worlds() -> None:
     for module in BUILTIN_WORLDS:
         importlib.import_module(module)

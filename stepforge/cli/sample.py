@@ -309,11 +309,16 @@ def serve(
 @command()
 def rollout(
     out: Annotated[Path, typer.Option("--out", "-o", help="episodes (JSONL, one per line; re-running resumes)")],
-    env: Annotated[str, typer.Option(help="a multi-turn built-in world")] = "agent",
+    env: Annotated[str, typer.Option(help="a multi-turn environment: agent (built-in world) | gsm8k-tool "
+                                          "(word problems with a calculator)")] = "agent",
+    data: Annotated[str | None, typer.Option(help="tasks for a real-data environment: gsm8k:<split>, a JSONL "
+                                                  "file or a dataset (default: the world generates them)")] = None,
     limit: Annotated[int, typer.Option(min=1, help="tasks")] = 200,
     n: Annotated[int, typer.Option(min=1, help="episodes per task")] = 4,
     temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
     max_turns: Annotated[int, typer.Option(min=1)] = 16,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="per turn (default: 16 in a world, 128 "
+                                                                    "otherwise)")] = None,
     backend: Backend = "world",
     model: Model = None,
     base_url: BaseUrl = None,
@@ -325,27 +330,31 @@ def rollout(
     threads: Threads = 1,
 ) -> None:
     """Multi-turn episodes of a policy in an environment, every live episode of a turn in one
-    backend call; prints success, turns, invalid actions and the exact progress share."""
+    backend call; prints success, turns, invalid actions and the exact per-turn label share
+    (progress in the agent world, calculator-checked claims in gsm8k-tool)."""
     from stepforge.env.rollout import episode_summary, rollout_to_file
     from stepforge.runs import claim_output
-    from stepforge.tasks import get_world
+    from stepforge.tasks import get_environment
 
     quiet_hf(threads)
-    world = get_world(env)
-    if world.make_env is None:
-        raise ValueError(f"world {world.name!r} is single-turn; multi-turn worlds: agent")
-    problems = world.generate(limit, seed=50_000 + seed, prefix="rollout")
-    policy = make_cli_policy(backend, model, base_url, device, dtype, world=world.name)
-    identity = {"command": "rollout", "env": world.name, "limit": limit, "n": n, "temperature": temperature,
-                "max_turns": max_turns, **policy_identity(backend, model, base_url, world.name), "seed": seed}
+    task, make_env, world = get_environment(env)
+    if data is None and world is None:
+        raise ValueError(f"environment {env!r} needs --data (e.g. gsm8k:test or a JSONL file of problems)")
+    problems = (world.generate(limit, seed=50_000 + seed, prefix="rollout") if data is None
+                else load_data(data, limit, seed))
+    policy = make_cli_policy(backend, model, base_url, device, dtype, world=world.name if world else None)
+    identity = {"command": "rollout", "env": env, "data": data_identity(data) if data else None, "limit": limit,
+                "n": n, "temperature": temperature, "max_turns": max_turns, "max_new_tokens": max_new_tokens,
+                **policy_identity(backend, model, base_url, world.name if world else None), "seed": seed}
     claim_output(out, identity, overwrite=overwrite)
     with progress() as bar:
-        t = bar.add_task(f"rollouts ({world.name})", total=limit, rate="")
-        episodes = rollout_to_file(policy, problems, world.task, world.make_env, out, n=n, temperature=temperature,
-                                   max_turns=max_turns, seed=seed, batch_problems=batch_problems,
+        t = bar.add_task(f"rollouts ({env})", total=len(problems), rate="")
+        episodes = rollout_to_file(policy, problems, task, make_env, out, n=n, temperature=temperature,
+                                   max_turns=max_turns, max_new_tokens=max_new_tokens or (16 if world else 128),
+                                   seed=seed, batch_problems=batch_problems,
                                    on_batch=lambda k: bar.update(t, advance=k))
-        bar.update(t, completed=limit)
+        bar.update(t, completed=len(problems))
     s = episode_summary(episodes)
     console.print(f"{s['episodes']} episodes: success {s['success']:.1%}, {s['mean_turns']:.2f} turns, "
-                  f"invalid actions {s['invalid_share']:.1%}, progress turns {s['progress_share']:.1%}, "
+                  f"invalid actions {s['invalid_share']:.1%}, labelled turns right {s['progress_share']:.1%}, "
                   f"mean return {s['mean_return']:.3f}; wrote [bold]{out}[/bold]")

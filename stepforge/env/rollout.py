@@ -26,6 +26,7 @@ class _Episode:
     env: Environment
     transcript: str
     states: list[str]
+    prompt_chars: int = 0  # the first observation's length: the answer is read after it
     actions: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
@@ -43,7 +44,7 @@ def rollout(policy: Policy, problems: Sequence[Problem], task: Task, make_env: C
         for j in range(n):
             env = make_env()
             first, state = env.reset(p)
-            episodes.append((j, _Episode(p, env, first, [state])))
+            episodes.append((j, _Episode(p, env, first, [state], len(first))))
     cost = GenerationCost()
     for turn in range(max_turns):
         live = [(j, e) for j, e in episodes if not e.done]
@@ -66,7 +67,7 @@ def rollout(policy: Policy, problems: Sequence[Problem], task: Task, make_env: C
             e.done = answer.done
     out = []
     for j, e in episodes:
-        answer = task.extract_answer(e.transcript)
+        answer = task.extract_answer(e.transcript[e.prompt_chars:])  # never the prompt's worked examples
         labels = [None if x is None else float(x) for x in e.progress]
         out.append(Trajectory(
             id=f"{e.problem.id}-e{j}", problem_id=e.problem.id, question=e.problem.question, steps=e.actions,

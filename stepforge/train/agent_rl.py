@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,9 +41,9 @@ from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
 from stepforge.backends.device import model_device
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.env.rollout import episode_summary, episode_tokens, rollout
-from stepforge.schema import Trajectory
+from stepforge.schema import Problem, Trajectory
 from stepforge.seeds import derive_seed
-from stepforge.tasks import get_world
+from stepforge.tasks import get_environment
 from stepforge.train.credit import (
     anchor_groups,
     gigpo_advantages,
@@ -86,7 +87,7 @@ class AgentRLConfig:
     max_new_tokens: int = 8
     save_every: int = 10
     seed: int = 0
-    env: str = "agent"
+    env: str = "agent"  # a multi-turn world or registered environment (stepforge.tasks.get_environment)
     min_distance: int = 2
     max_distance: int = 5
 
@@ -156,15 +157,16 @@ def _batch(tokenizer, problems, episodes: list[Trajectory], task, n: int, device
 
 
 def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
-                   on_iteration: Callable[[dict[str, Any], list[Trajectory]], None] | None = None
-                   ) -> list[dict[str, Any]]:
-    """Run (or resume) multi-turn RL; returns the metrics of every iteration.
+                   on_iteration: Callable[[dict[str, Any], list[Trajectory]], None] | None = None,
+                   problems: Sequence[Problem] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) multi-turn RL in environment ``cfg.env``; returns the metrics of every
+    iteration. Tasks come from the world (fresh each iteration) or, for a real-data
+    environment, from ``problems``: each iteration a seeded draw of ``tasks_per_iteration``.
 
     ``model`` must be the initial policy: OPRL's implicit PRM starts as a copy of it."""
-    world = get_world(cfg.env)
-    if world.make_env is None:
-        raise ValueError(f"world {world.name!r} is single-turn; agent RL needs a multi-turn world")
-    task = world.task
+    task, make_env, world = get_environment(cfg.env)
+    if world is None and not problems:
+        raise ValueError(f"environment {cfg.env!r} has no built-in tasks: pass problems (e.g. GSM8K)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prm = copy.deepcopy(model) if cfg.uses_prm else None
@@ -177,17 +179,21 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
     device = model_device(model)
     n = cfg.episodes_per_task
     for it in range(start, cfg.iterations):
-        problems = world.generate(cfg.tasks_per_iteration, seed=cfg.seed * 100_000 + it, prefix="agent-rl",
-                                  min_steps=cfg.min_distance, max_steps=cfg.max_distance)
+        if world is not None:
+            batch = world.generate(cfg.tasks_per_iteration, seed=cfg.seed * 100_000 + it, prefix="agent-rl",
+                                   min_steps=cfg.min_distance, max_steps=cfg.max_distance)
+        else:
+            batch = random.Random(derive_seed(cfg.seed, "agent-rl-draw", it)).sample(
+                list(problems), min(cfg.tasks_per_iteration, len(problems)))
         model.eval()
-        episodes, _ = rollout(policy, problems, task, world.make_env, n=n, temperature=cfg.temperature,
+        episodes, _ = rollout(policy, batch, task, make_env, n=n, temperature=cfg.temperature,
                               max_turns=cfg.max_turns, max_new_tokens=cfg.max_new_tokens,
                               seed=derive_seed(cfg.seed, "agent-rl", it))
         groups = [i // n for i in range(len(episodes))]
         n_turns = [len(t.steps) for t in episodes]
         outcome = torch.tensor([float(t.meta["episode"]["return"]) for t in episodes])
         success = [bool(t.correct) for t in episodes]
-        ids, attn, turn = _batch(tokenizer, problems, episodes, task, n, device)
+        ids, attn, turn = _batch(tokenizer, batch, episodes, task, n, device)
         act = turn >= 0
         with torch.no_grad():
             old = _logprobs(model, ids, attn, cfg.temperature)
