@@ -120,3 +120,21 @@ def test_agent_rl_config_errors():
         AgentRLConfig(credit="ppo")
     with pytest.raises(ValueError, match="pairing"):
         AgentRLConfig(pairing="some")
+
+
+def test_rl_cli_with_env_runs_and_resumes(tiny_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from stepforge.cli import app
+
+    args = ["rl", "--out", str(tmp_path / "run"), "--env", "agent", "--credit", "oprl", "--steps", "2",
+            "--problems-per-step", "2", "--samples-per-problem", "2", "--policy", str(tiny_policy), "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in rows] == [1, 2] and (tmp_path / "run" / "policy" / "config.json").exists()
+    r = CliRunner().invoke(app, [*args[:8], "3", *args[9:]])  # --steps 3: resumes from iteration 2
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    r = CliRunner().invoke(app, ["rl", "--out", str(tmp_path / "g"), "--env", "gsm8k-tool", "--credit", "oprl"])
+    assert r.exit_code != 0 and "needs --data" in r.output

@@ -20,6 +20,8 @@ from stepforge.cli.common import (
     comma_list,
     command,
     console,
+    data_identity,
+    load_data,
     make_cli_policy,
     problems_index,
     progress,
@@ -186,14 +188,43 @@ def rl(
     prm_online_steps: Annotated[int, typer.Option(min=0, help="implicit PRM: refit steps on each batch's "
                                                               "outcomes")] = 0,
     policy: Annotated[str | None, typer.Option(help="policy dir (default: the world policy)")] = None,
+    env: Annotated[str | None, typer.Option(help="multi-turn RL in this environment (agent | gsm8k-tool); "
+                                                 "--credit oprl | gigpo | outcome | merged")] = None,
+    data: Annotated[str | None, typer.Option(help="--env gsm8k-tool: the task pool (gsm8k:train, a JSONL file)")]
+    = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="--data: at most this many tasks")] = None,
+    alpha: Annotated[float | None, typer.Option(help="OPRL: weight of the step advantage")] = None,
+    omega: Annotated[float | None, typer.Option(help="GiGPO: weight of the step advantage")] = None,
+    beta: Annotated[float | None, typer.Option(min=0.0, help="OPRL: implicit reward scale")] = None,
+    pairing: Annotated[str | None, typer.Option(help="OPRL DPO pairs: matched (paper) | all (released code)")]
+    = None,
+    turn_score: Annotated[str | None, typer.Option(help="OPRL DPO trajectory score: sum (paper) | mean (code)")]
+    = None,
+    step_baseline: Annotated[str | None, typer.Option(help="OPRL A^S baseline: steps (paper) | trajectories "
+                                                           "(code)")] = None,
+    score_before_update: Annotated[bool, typer.Option(help="OPRL: score turns before the PRM's DPO step "
+                                                           "(released code)")] = False,
+    gigpo_std: Annotated[bool, typer.Option(help="GiGPO: normalise by std (else centre only)")] = True,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="--env: per turn")] = None,
     seed: int = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
     threads: Threads = 1,
 ) -> None:
-    """RL on the built-in world with step-level credit assignment and hacking monitors.
-    Defaults come from ``RLConfig``; a re-run with the same settings resumes (``--steps`` may
-    grow), a different one is refused unless ``--overwrite``."""
+    """RL on the built-in world with step-level credit assignment and hacking monitors, or
+    (``--env``) multi-turn agent RL with turn-level credit (OPRL, GiGPO, outcome, merged).
+    Defaults come from ``RLConfig`` / ``AgentRLConfig``; a re-run with the same settings resumes
+    (``--steps`` may grow), a different one is refused unless ``--overwrite``."""
+    if env is not None:
+        agent = {"alpha": alpha, "omega": omega, "beta": beta, "pairing": pairing, "turn_score": turn_score,
+                 "step_baseline": step_baseline, "max_new_tokens": max_new_tokens, "iterations": steps, "lr": lr,
+                 "trainable": None if trainable is None else tuple(comma_list(trainable)), "gamma": gamma,
+                 "tasks_per_iteration": problems_per_step, "episodes_per_task": samples_per_problem,
+                 "temperature": temperature, "baseline": baseline}
+        _agent_rl(out, env, credit, data, limit, policy, seed, device, overwrite, threads,
+                  {**{k: v for k, v in agent.items() if v is not None}, "score_before_update": score_before_update,
+                   "gigpo_std": gigpo_std})
+        return
     from dataclasses import asdict, replace
 
     from stepforge.backends.device import load_causal_lm
@@ -238,6 +269,51 @@ def rl(
 
     publish_dir(save, out / "policy", overwrite=True)
     console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; policy in [bold]{out / 'policy'}[/bold]")
+
+
+def _agent_rl(out: Path, env: str, credit: str, data: str | None, limit: int | None, policy: str | None, seed: int,
+              device: str, overwrite: bool, threads: int, settings: dict) -> None:
+    """``stepforge rl --env``: multi-turn RL (stepforge.train.agent_rl)."""
+    from dataclasses import asdict
+
+    from stepforge.backends.device import load_causal_lm
+    from stepforge.runs import claim_output, fingerprint
+    from stepforge.tasks import get_environment
+    from stepforge.train.agent_rl import AgentRLConfig, train_agent_rl
+
+    quiet_hf(threads)
+    _, _, world = get_environment(env)
+    if world is None and data is None:
+        raise ValueError(f"--env {env} needs --data: the tasks to train on (e.g. gsm8k:train)")
+    if world is None and policy is None:
+        raise ValueError(f"--env {env} needs --policy: a causal LM directory (the world policies cannot read it)")
+    if world is None:
+        settings.setdefault("max_new_tokens", 128)
+    cfg = AgentRLConfig(credit=credit, env=env, seed=seed, **settings)
+    where = policy if policy is not None else _policy_dir(None, world.name)
+    problems = load_data(data, limit, seed) if data is not None else None
+    identity = {"command": "rl", **{k: v for k, v in asdict(cfg).items() if k != "iterations"},
+                "policy": fingerprint(where), "data": data_identity(data) if data else None, "limit": limit}
+    claim_output(out, identity, overwrite=overwrite)
+    model, tok = load_causal_lm(where, device, "float32")
+    with progress() as bar:
+        t = bar.add_task(f"agent RL ({credit})", total=cfg.iterations, rate="")
+
+        def on_iteration(row, _episodes) -> None:
+            bar.update(t, completed=row["iteration"],
+                       rate=f"success {row['success']:.2f} turns {row['mean_turns']:.1f}")
+            for alarm in row["alarms"]:
+                console.print(f"[yellow]iteration {row['iteration']}: {alarm}[/yellow]")
+
+        train_agent_rl(model, tok, out, cfg, on_iteration=on_iteration, problems=problems)
+
+    def save(where_to: Path) -> None:
+        model.save_pretrained(where_to)
+        tok.save_pretrained(where_to)
+
+    publish_dir(save, out / "policy", overwrite=True)
+    console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; episodes in [bold]{out / 'episodes.jsonl'}"
+                  f"[/bold]; policy in [bold]{out / 'policy'}[/bold]")
 
 
 @command("train-orpo")
