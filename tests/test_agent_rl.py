@@ -35,12 +35,18 @@ def test_turn_sums_by_hand():
     assert sums[0].tolist() == [5.0, 5.0] and sums[1].tolist() == [1.0]
 
 
-def test_agent_alarms():
-    first = {"mean_turns": 4.0, "success": 0.5, "invalid_share": 0.05, "prm_disagreement": 0.2}
-    assert agent_alarms(first, dict(first)) == []
-    hacked = {"mean_turns": 6.0, "success": 0.5, "invalid_share": 0.2, "prm_disagreement": 0.5}
-    assert len(agent_alarms(first, hacked)) == 3
-    assert agent_alarms(first, {**hacked, "success": 0.7, "invalid_share": 0.05, "prm_disagreement": 0.2}) == []
+def test_agent_alarms_compare_windows_of_iterations():
+    calm = {"mean_turns": 4.0, "success": 0.5, "invalid_share": 0.05, "prm_disagreement": 0.2}
+    assert agent_alarms([calm] * 5) == []  # not enough iterations to compare two windows
+    assert agent_alarms([calm] * 12, window=5) == []
+    hacked = {"mean_turns": 6.0, "success": 0.5, "invalid_share": 0.2, "prm_disagreement": 0.45}
+    assert len(agent_alarms([calm] * 5 + [hacked] * 5, window=5)) == 3
+    # one noisy iteration does not alarm; an improving agent with shorter episodes does not either
+    assert agent_alarms([calm] * 9 + [hacked], window=5) == []
+    better = {**calm, "mean_turns": 3.0, "success": 0.7}
+    assert agent_alarms([calm] * 5 + [better] * 5, window=5) == []
+    assert agent_alarms([calm] * 5 + [{**calm, "prm_disagreement": 0.55}] * 5, window=5) == [
+        "PRM disagrees with outcomes 0.20 -> 0.55"]
 
 
 def test_dpo_step_raises_the_success_trajectorys_implicit_reward(tiny_policy):

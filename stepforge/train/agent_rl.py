@@ -75,8 +75,10 @@ class AgentRLConfig:
     omega: float = 1.0  # GiGPO: weight of the step advantage
     gamma: float = 0.95  # GiGPO: discount of the environment's turn rewards
     gigpo_std: bool = True  # GiGPO normalisation: std (True) or none (centre only)
-    prm_lr: float = 1e-2
-    prm_trainable: tuple[str, ...] = ("norm",)
+    # the implicit PRM trains every parameter: on a development seed its step rewards separated
+    # progress turns better so (AUC 0.63) than with RMSNorm gains only at 1e-2 (0.56); README
+    prm_lr: float = 1e-3
+    prm_trainable: tuple[str, ...] = ()
     prm_updates: int = 1  # DPO steps on the implicit PRM per iteration
     pairing: str = "matched"  # matched (paper) | all (released code: every success × every failure)
     turn_score: str = "sum"  # a trajectory's DPO score: sum of its turn log-ratios (paper) | mean (code)
@@ -118,18 +120,33 @@ def turn_sums(values: torch.Tensor, turn_index: torch.Tensor, n_turns: Sequence[
     return out
 
 
-def agent_alarms(first: dict[str, float], now: dict[str, float]) -> list[str]:
-    """Reward-hacking alarms for agents: episodes growing longer while success does not rise,
-    invalid actions rising, the PRM disagreeing more often with outcomes."""
+ALARM_WINDOW = 5  # iterations averaged on each side: one batch of 16 tasks is too noisy to alarm on
+
+
+def agent_alarms(history: Sequence[dict[str, Any]], window: int = ALARM_WINDOW) -> list[str]:
+    """Reward-hacking alarms for agents, comparing the mean of the first ``window`` iterations
+    with the mean of the last ``window``: episodes growing longer (> 30%) while success does not
+    rise, invalid actions rising (> 0.1), the PRM ranking failures above successes more often
+    (disagreement up > 0.2, or above 0.5: worse than chance)."""
+    if len(history) <= window:
+        return []
+
+    def mean(rows, key):
+        xs = [r[key] for r in rows if r.get(key) is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    first, now = history[:window], history[-window:]
     alarms = []
-    if first.get("mean_turns") and now["mean_turns"] > 1.3 * first["mean_turns"] and \
-            now["success"] <= first["success"]:
-        alarms.append(f"episodes grew {first['mean_turns']:.2f} -> {now['mean_turns']:.2f} turns without success")
-    if now["invalid_share"] - first["invalid_share"] > 0.1:
-        alarms.append(f"invalid actions rose {first['invalid_share']:.2f} -> {now['invalid_share']:.2f}")
-    if now.get("prm_disagreement") is not None and first.get("prm_disagreement") is not None and \
-            now["prm_disagreement"] - first["prm_disagreement"] > 0.2:
-        alarms.append(f"PRM disagrees with outcomes {first['prm_disagreement']:.2f} -> {now['prm_disagreement']:.2f}")
+    t0, t1, s0, s1 = (mean(first, "mean_turns"), mean(now, "mean_turns"), mean(first, "success"),
+                      mean(now, "success"))
+    if t0 and t1 > 1.3 * t0 and s1 <= s0:
+        alarms.append(f"episodes grew {t0:.2f} -> {t1:.2f} turns without success")
+    i0, i1 = mean(first, "invalid_share"), mean(now, "invalid_share")
+    if i1 - i0 > 0.1:
+        alarms.append(f"invalid actions rose {i0:.2f} -> {i1:.2f}")
+    d0, d1 = mean(first, "prm_disagreement"), mean(now, "prm_disagreement")
+    if d0 is not None and d1 is not None and (d1 - d0 > 0.2 or d1 > 0.5):
+        alarms.append(f"PRM disagrees with outcomes {d0:.2f} -> {d1:.2f}")
     return alarms
 
 
@@ -257,7 +274,7 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
             opt.step()
         model.eval()
         row.update({"loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in episode_summary(episodes).items()}})
-        row["alarms"] = agent_alarms(history[0], row) if history else []
+        row["alarms"] = agent_alarms([*history, row])
         history.append(row)
         for path, lines in ((episodes_path, [t.model_dump_json() for t in episodes]),
                             (metrics_path, [json.dumps(row)])):

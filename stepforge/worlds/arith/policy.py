@@ -186,21 +186,23 @@ def default_cache_dir(world: str = "arith") -> Path:
     return Path(os.environ.get("STEPFORGE_CACHE", Path.home() / ".cache" / "stepforge")) / f"{world}-policy"
 
 
-def resolve_policy_dir(path: str | Path | None = None, world: str = "arith") -> Path | None:
-    """Where a trained world policy lives: ``path``, else the shipped checkpoint, else the cache."""
+def resolve_policy_dir(path: str | Path | None = None, world: str = "arith", shipped: Path | None = None
+                       ) -> Path | None:
+    """Where a trained world policy lives: ``path``, else the shipped checkpoint (``shipped``, or
+    this world's), else the cache."""
     if path is not None:
         return Path(path)
-    shipped = {"arith": SHIPPED_CHECKPOINT, "arith-padded": PADDED_CHECKPOINT}.get(world)
+    shipped = shipped or {"arith": SHIPPED_CHECKPOINT, "arith-padded": PADDED_CHECKPOINT}.get(world)
     for candidate in (shipped, default_cache_dir(world)):
         if candidate is not None and (candidate / "config.json").exists():
             return candidate
     return None
 
 
-def load_policy(path: str | Path | None = None, world: str = "arith"
+def load_policy(path: str | Path | None = None, world: str = "arith", shipped: Path | None = None
                 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """Load the trained world policy (eval mode). Raises FileNotFoundError with the fix if absent."""
-    where = resolve_policy_dir(path, world)
+    where = resolve_policy_dir(path, world, shipped)
     if where is None or not (where / "config.json").exists():
         raise FileNotFoundError(f"no trained {world} policy at {where or default_cache_dir(world)}; "
                                 f"run `stepforge train-world --world {world}` (about 3 min on 2 cores)")

@@ -38,16 +38,16 @@ def generate(n: int, seed: int = 0, prefix: str = "arith", min_steps: int | None
     return arith.generate_problems(n, arith.ArithConfig(min_steps=lo, max_steps=hi), seed=seed, prefix=prefix)
 
 
-def _policy_dir(path: str | Path | None = None, world: str = "arith") -> Path | None:
+def _policy_dir(path: str | Path | None = None, world: str = "arith", shipped: Path | None = None) -> Path | None:
     from stepforge.worlds.arith.policy import resolve_policy_dir
 
-    return resolve_policy_dir(path, world)
+    return resolve_policy_dir(path, world, shipped)
 
 
-def _load_policy(path: str | Path | None = None, world: str = "arith"):
+def _load_policy(path: str | Path | None = None, world: str = "arith", shipped: Path | None = None):
     from stepforge.worlds.arith.policy import load_policy
 
-    return load_policy(path, world)
+    return load_policy(path, world, shipped)
 
 
 def _cache_dir(world: str = "arith") -> Path:
