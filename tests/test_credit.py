@@ -117,9 +117,12 @@ def test_oprl_advantages_by_hand():
     s = 0.05 ** 0.5
     assert adv[0].tolist() == pytest.approx([1 + 0.3 / s, 1 + 0.1 / s], abs=1e-4)
     assert adv[1].tolist() == pytest.approx([-1 - 0.1 / s, -1 - 0.3 / s], abs=1e-4)
-    # the released code's baseline: one entry per trajectory (its mean): {0.2, −0.2}, std 0.2
+    # the released code's baseline: one entry per trajectory (its first turn): {0.3, −0.1}, mean 0.1, std 0.2
     adv = oprl_advantages(outcomes, groups, r, alpha=0.5, step_baseline="trajectories")
-    assert adv[0].tolist() == pytest.approx([1 + 0.5 * 1.5, 1 + 0.5 * 0.5], abs=1e-4)
+    assert adv[0].tolist() == pytest.approx([1 + 0.5 * 1.0, 1 + 0.5 * 0.0], abs=1e-4)
+    # centred only (the code's "mean_norm"): A^E = ±0.5, A^S = r − 0
+    adv = oprl_advantages(outcomes, groups, r, alpha=1.0, std=False)
+    assert adv[1].tolist() == pytest.approx([-0.6, -0.8], abs=1e-6)
     # RLOO episode baseline: a lone trajectory gets A^E = 0; its own two steps still normalise to ±1
     lone = oprl_advantages(torch.tensor([1.0]), torch.tensor([3]), [torch.tensor([0.2, 0.4])], episode_baseline="rloo")
     assert lone[0].tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)

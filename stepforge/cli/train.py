@@ -204,7 +204,8 @@ def rl(
                                                            "(code)")] = None,
     score_before_update: Annotated[bool, typer.Option(help="OPRL: score turns before the PRM's DPO step "
                                                            "(released code)")] = False,
-    gigpo_std: Annotated[bool, typer.Option(help="GiGPO: normalise by std (else centre only)")] = True,
+    norm_std: Annotated[bool, typer.Option(help="GiGPO / OPRL: normalise advantages by std (else centre only, the "
+                                                "iStar code's mean_norm)")] = True,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="--env: per turn")] = None,
     seed: int = 0,
     device: Device = "auto",
@@ -223,7 +224,7 @@ def rl(
                  "temperature": temperature, "baseline": baseline}
         _agent_rl(out, env, credit, data, limit, policy, seed, device, overwrite, threads,
                   {**{k: v for k, v in agent.items() if v is not None}, "score_before_update": score_before_update,
-                   "gigpo_std": gigpo_std})
+                   "norm_std": norm_std})
         return
     from dataclasses import asdict, replace
 

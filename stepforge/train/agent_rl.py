@@ -16,7 +16,7 @@ and observation tokens are masked. Credit:
   implicit PRM φ (a copy of the initial policy) trained each iteration by trajectory DPO
   against the moving reference π_old (Liu et al. 2025, iStar). Paper defaults; the released
   code's variants are options (``turn_score="mean"``, ``pairing="all"``,
-  ``step_baseline="trajectories"``, ``score_before_update=True``).
+  ``step_baseline="trajectories"``, ``score_before_update=True``, ``norm_std=False``).
 
 Metrics and hacking monitors (episode length, invalid-action share, the PRM's disagreement
 with outcomes on success/failure pairs) go to ``metrics.jsonl`` every iteration; scored
@@ -74,7 +74,7 @@ class AgentRLConfig:
     alpha: float = 1.0  # OPRL: weight of the step advantage
     omega: float = 1.0  # GiGPO: weight of the step advantage
     gamma: float = 0.95  # GiGPO: discount of the environment's turn rewards
-    gigpo_std: bool = True  # GiGPO normalisation: std (True) or none (centre only)
+    norm_std: bool = True  # GiGPO / OPRL normalisation: (x − mean)/std, or centre only (iStar code's mean_norm)
     # the implicit PRM trains every parameter: on a development seed its step rewards separated
     # progress turns better so (AUC 0.63) than with RMSNorm gains only at 1e-2 (0.56); README
     prm_lr: float = 1e-3
@@ -252,11 +252,12 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
         elif cfg.credit == "gigpo":
             returns = [sum_form_returns(torch.tensor(t.meta["episode"]["rewards"]), cfg.gamma) for t in episodes]
             states = [t.meta["episode"]["states"][:-1] for t in episodes]  # the state each turn starts from
-            adv_turns = gigpo_advantages(outcome, gr, returns, states, cfg.omega, std=cfg.gigpo_std)
+            adv_turns = gigpo_advantages(outcome, gr, returns, states, cfg.omega, std=cfg.norm_std)
             anchored = sum(len(m) for m in anchor_groups(groups, states) if len(m) > 1)
             row["anchor_share"] = round(anchored / max(1, sum(n_turns)), 5)
         else:
-            adv_turns = oprl_advantages(outcome, gr, step_rewards, cfg.alpha, cfg.step_baseline, cfg.baseline)
+            adv_turns = oprl_advantages(outcome, gr, step_rewards, cfg.alpha, cfg.step_baseline, cfg.baseline,
+                                        std=cfg.norm_std)
         adv = torch.zeros_like(old)
         for b, a in enumerate(adv_turns):
             if a.numel():

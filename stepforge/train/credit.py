@@ -160,21 +160,24 @@ def gigpo_advantages(episode_returns: torch.Tensor, groups: torch.Tensor, step_r
 
 def oprl_advantages(outcomes: torch.Tensor, groups: torch.Tensor, step_rewards: Sequence[torch.Tensor],
                     alpha: float = 1.0, step_baseline: str = "steps", episode_baseline: str = "grpo",
-                    eps: float = 1e-6) -> list[torch.Tensor]:
+                    std: bool = True, eps: float = 1e-6) -> list[torch.Tensor]:
     """OPRL / iStar (Liu et al. 2025, arXiv 2509.19199): A_{i,t} = A^E_i + α·A^S_{i,t} with
     A^E_i = (r_o,i − mean r_o)/std r_o over the prompt group (``episode_baseline="rloo"``:
     r_o,i − mean of the others) and A^S_{i,t} = (r_φ(a_{i,t}) − mean)/std, the mean and std over
-    every step reward of the group (the paper; ``step_baseline="trajectories"``: over one entry
-    per trajectory, its mean step reward, as we read the released code)."""
-    a_ep = rloo_advantages(outcomes, groups) if episode_baseline == "rloo" else group_normalize(outcomes, groups)
+    every step reward of the group (the paper). ``step_baseline="trajectories"``: over one entry
+    per trajectory, its first turn's reward, as the released code (core_istar.py) builds it from
+    the first row it meets of each trajectory; ``std=False`` only centres both (the code's
+    default "mean_norm")."""
     if step_baseline not in ("steps", "trajectories"):
         raise ValueError(f"step_baseline is 'steps' or 'trajectories', got {step_baseline!r}")
+    a_ep = rloo_advantages(outcomes, groups) if episode_baseline == "rloo" else group_normalize(outcomes, groups, std)
     out = []
     for i, r in enumerate(step_rewards):
         mates = [step_rewards[j] for j in range(len(step_rewards)) if int(groups[j]) == int(groups[i]) and
                  step_rewards[j].numel()]
-        pool = (torch.cat(mates) if step_baseline == "steps" else torch.stack([m.mean() for m in mates])).double()
-        a_step = (r.double() - pool.mean()) / (pool.std(unbiased=False) + eps) if pool.numel() > 1 \
+        pool = (torch.cat(mates) if step_baseline == "steps" else torch.stack([m[0] for m in mates])).double()
+        centred = r.double() - pool.mean()
+        a_step = (centred / (pool.std(unbiased=False) + eps) if std else centred) if pool.numel() > 1 \
             else torch.zeros_like(r, dtype=torch.float64)
         out.append((float(a_ep[i]) + alpha * a_step).float())
     return out
