@@ -3,6 +3,7 @@ models on these CPUs) and quiet transformers."""
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -22,3 +23,13 @@ def paired_sign_test(a: Sequence[bool], b: Sequence[bool]) -> dict:
     n = fixed + broken
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2 ** n) if n else 1.0
     return {"fixed": fixed, "broken": broken, "p": p}
+
+
+def save_figure(fig, axes, path: str) -> None:
+    """Grid and legend on every panel, tight layout, and the figure written to ``path``."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)

@@ -27,7 +27,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from _common import quiet_cpu
+from _common import quiet_cpu, save_figure
 
 VARIANTS = ("outcome", "merged", "gigpo", "oprl")
 HELD_OUT_SEED = 777_001
@@ -173,11 +173,7 @@ def _plot(curves: dict, path: str) -> None:
     ax.set_xlabel("RL iteration")
     ax.set_ylabel("held-out success at T = 1 (mean over seeds)")
     ax.set_title("agent world: turn-level credit")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, (ax,), path)
 
 
 if __name__ == "__main__":

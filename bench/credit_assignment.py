@@ -31,7 +31,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from _common import quiet_cpu
+from _common import quiet_cpu, save_figure
 
 VARIANTS = {  # name -> RLConfig overrides (and the PRM it uses)
     "outcome": {"credit": "outcome"},
@@ -167,12 +167,7 @@ def _plot(results: dict, path: str) -> None:
     pad.set_xlabel("RL step")
     pad.set_ylabel("share of steps that are padding (batch)")
     pad.set_title("padding (check lines)")
-    for ax in (acc, pad):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, (acc, pad), path)
 
 
 if __name__ == "__main__":

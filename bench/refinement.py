@@ -28,7 +28,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import paired_sign_test, quiet_cpu
+from _common import paired_sign_test, quiet_cpu, save_figure
 
 from stepforge.backends import make_policy
 from stepforge.eval.prm_metrics import calibrate_threshold
@@ -186,11 +186,7 @@ def _plot(refine_acc: dict, tokens: dict, majority: list, path: str) -> None:
     ax.set_xlabel("generated tokens per problem")
     ax.set_ylabel("accuracy (latest answer / vote)")
     ax.set_title("recursive refinement vs majority vote, arith world")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, (ax,), path)
 
 
 if __name__ == "__main__":
