@@ -29,7 +29,10 @@ from pathlib import Path
 
 from _common import quiet_cpu, save_figure
 
-VARIANTS = ("outcome", "merged", "gigpo", "oprl")
+VARIANTS = ("outcome", "merged", "gigpo", "oprl", "oprl_exact")
+# oprl_exact: OPRL's A^E + α·A^S with the world's exact progress labels as turn rewards (no PRM),
+# the ceiling of what a perfect step reward could add; not run unless asked (--variants)
+DEFAULT_VARIANTS = ("outcome", "merged", "gigpo", "oprl")
 HELD_OUT_SEED = 777_001
 
 
@@ -56,7 +59,8 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     model, tok = world.load_policy(args.policy)
     model = model.to(device)
     held_out = world.generate(args.held_out, seed=HELD_OUT_SEED, prefix="heldout")
-    cfg = AgentRLConfig(credit=variant, iterations=args.iterations, seed=seed, lr=args.lr,
+    cfg = AgentRLConfig(credit=variant.removesuffix("_exact"), exact_turn_rewards=variant.endswith("_exact"),
+                        iterations=args.iterations, seed=seed, lr=args.lr,
                         trainable=tuple(x for x in args.trainable.split(",") if x), prm_lr=args.prm_lr,
                         prm_trainable=tuple(x for x in args.prm_trainable.split(",") if x),
                         prm_updates=args.prm_updates, tasks_per_iteration=args.tasks,
@@ -128,7 +132,7 @@ def main() -> None:
     ap.add_argument("--prm-lr", type=float, default=1e-3)
     ap.add_argument("--prm-trainable", default="", help="the implicit PRM's parameters ('' = all)")
     ap.add_argument("--prm-updates", type=int, default=1, help="OPRL/merged: DPO steps on the PRM per iteration")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel processes (one thread each)")
     ap.add_argument("--device", default="cpu")

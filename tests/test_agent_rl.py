@@ -121,6 +121,15 @@ def test_agent_rl_runs_resumes_and_reports(tiny_policy, tmp_path, credit):
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 27
 
 
+def test_oprl_with_exact_turn_rewards_needs_no_prm(tiny_policy, tmp_path):
+    model, tok = WORLD.load_policy(tiny_policy)
+    cfg = AgentRLConfig(credit="oprl", exact_turn_rewards=True, iterations=1, tasks_per_iteration=2,
+                        episodes_per_task=2, max_turns=4)
+    assert not cfg.uses_prm
+    [row] = train_agent_rl(model, tok, tmp_path, cfg)
+    assert "prm_disagreement" not in row and 0 <= row["success"] <= 1
+
+
 def test_agent_rl_config_errors():
     with pytest.raises(ValueError, match="unknown agent credit"):
         AgentRLConfig(credit="ppo")

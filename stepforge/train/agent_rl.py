@@ -84,6 +84,9 @@ class AgentRLConfig:
     turn_score: str = "sum"  # a trajectory's DPO score: sum of its turn log-ratios (paper) | mean (code)
     step_baseline: str = "steps"  # OPRL's A^S baseline: steps (paper) | trajectories (code)
     score_before_update: bool = False  # the released code scores turns before the PRM's DPO step
+    # oprl / merged with the environment's exact per-turn labels (1 progress, 0 not, 0 unknown) as
+    # r(a_t) instead of the implicit PRM: the step signal's ceiling, for benchmarks
+    exact_turn_rewards: bool = False
     temperature: float = 1.0
     max_turns: int = 16
     max_new_tokens: int = 8
@@ -107,7 +110,7 @@ class AgentRLConfig:
 
     @property
     def uses_prm(self) -> bool:
-        return self.credit in ("oprl", "merged")
+        return self.credit in ("oprl", "merged") and not self.exact_turn_rewards
 
 
 def turn_sums(values: torch.Tensor, turn_index: torch.Tensor, n_turns: Sequence[int]) -> list[torch.Tensor]:
@@ -244,6 +247,8 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
                 t.meta["turn_rewards"] = [round(float(x), 6) for x in r]
         for t in episodes:
             t.meta["iteration"] = it + 1
+        if cfg.exact_turn_rewards:
+            step_rewards = [torch.tensor([x or 0.0 for x in t.step_labels]) for t in episodes]
         gr = torch.tensor(groups)
         if cfg.credit in ("outcome", "merged"):
             r_o = outcome + torch.stack([r.sum() for r in step_rewards]) if cfg.credit == "merged" else outcome
