@@ -29,9 +29,13 @@ from pathlib import Path
 
 from _common import quiet_cpu, save_figure
 
-VARIANTS = ("outcome", "merged", "gigpo", "oprl", "oprl_exact")
-# oprl_exact: OPRL's A^E + α·A^S with the world's exact progress labels as turn rewards (no PRM),
-# the ceiling of what a perfect step reward could add; not run unless asked (--variants)
+VARIANTS = ("outcome", "merged", "gigpo", "oprl", "oprl_exact", "oprl_code")
+# not run unless asked (--variants): oprl_exact, OPRL's A^E + α·A^S with the world's exact progress
+# labels as turn rewards (no PRM), the ceiling of what a perfect step reward could add; oprl_code,
+# every variant of the released iStar code at once (mean turn scores, all pairs, first-turn
+# baseline, centre-only normalisation, scoring before the PRM's update)
+CODE_VARIANT = {"turn_score": "mean", "pairing": "all", "step_baseline": "trajectories", "norm_std": False,
+                "score_before_update": True}
 DEFAULT_VARIANTS = ("outcome", "merged", "gigpo", "oprl")
 HELD_OUT_SEED = 777_001
 
@@ -59,7 +63,8 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     model, tok = world.load_policy(args.policy)
     model = model.to(device)
     held_out = world.generate(args.held_out, seed=HELD_OUT_SEED, prefix="heldout")
-    cfg = AgentRLConfig(credit=variant.removesuffix("_exact"), exact_turn_rewards=variant.endswith("_exact"),
+    cfg = AgentRLConfig(credit=variant.split("_")[0], exact_turn_rewards=variant.endswith("_exact"),
+                        **(CODE_VARIANT if variant.endswith("_code") else {}),
                         iterations=args.iterations, seed=seed, lr=args.lr,
                         trainable=tuple(x for x in args.trainable.split(",") if x), prm_lr=args.prm_lr,
                         prm_trainable=tuple(x for x in args.prm_trainable.split(",") if x),
@@ -112,7 +117,7 @@ def summarise(results: list[dict], variants: list[str], iterations: int) -> dict
         "success_by_seed": {v: [r["curve"][-1][1] for r in results if r["variant"] == v] for v in variants},
         "iters_to_outcome_final": reach,
         "step_reward_auc": {v: mean([r["step_reward_auc"] for r in results if r["variant"] == v])
-                            for v in ("oprl", "merged") if v in variants},
+                            for v in ("oprl", "merged", "oprl_code") if v in variants},
         "anchor_share": mean([r["anchor_share"] for r in results if r["variant"] == "gigpo"]),
         "alarms": {v: sorted({a for r in results if r["variant"] == v for a in r["alarms"]}) for v in variants},
         "curves": curves,
