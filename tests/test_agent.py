@@ -85,6 +85,10 @@ def test_rollouts_batch_every_live_episode_and_label_turns_exactly():
     assert all(t.step_labels == [1.0] * len(t.steps) for t in episodes)  # optimal moves always progress
     assert all(t.meta["episode"]["return"] == 1.0 for t in episodes) and cost.generated_tokens == 3 * sum(
         len(t.steps) for t in episodes)
+    from stepforge.env.rollout import episode_summary
+
+    summary = episode_summary(episodes)
+    assert summary["success"] == 1.0 and summary["mean_tokens"] == 3 * summary["mean_turns"]  # cost accounting
     blunders, _ = rollout(Expert(blunder=True), problems[:1], TASK, WORLD.make_env)
     t = blunders[0]
     assert t.steps[0] == "d" and t.step_labels[0] == 0.0 and t.meta["episode"]["rewards"][0] == -0.1

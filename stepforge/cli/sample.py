@@ -357,4 +357,5 @@ def rollout(
     s = episode_summary(episodes)
     console.print(f"{s['episodes']} episodes: success {s['success']:.1%}, {s['mean_turns']:.2f} turns, "
                   f"invalid actions {s['invalid_share']:.1%}, labelled turns right {s['progress_share']:.1%}, "
-                  f"mean return {s['mean_return']:.3f}; wrote [bold]{out}[/bold]")
+                  f"mean return {s['mean_return']:.3f}, {s['mean_tokens']:.1f} generated tokens per episode; "
+                  f"wrote [bold]{out}[/bold]")

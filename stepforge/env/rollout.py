@@ -130,11 +130,13 @@ def rollout_to_file(policy: Policy, problems: Sequence[Problem], task: Task, mak
 
 
 def episode_summary(episodes: Sequence[Trajectory]) -> dict[str, float]:
-    """Success, turns, invalid-action share, progress share and mean return of episodes."""
+    """Success, turns, invalid-action share, exact-label share, mean return and generated tokens
+    per episode."""
     turns = [r for t in episodes for r in t.meta["episode"]["rewards"]]
     labels = [x for t in episodes for x in t.step_labels if x is not None]
     n = max(1, len(episodes))
     return {"episodes": len(episodes), "success": sum(bool(t.correct) for t in episodes) / n,
             "mean_turns": len(turns) / n, "invalid_share": sum(r < 0 for r in turns) / max(1, len(turns)),
             "progress_share": sum(labels) / max(1, len(labels)),
-            "mean_return": sum(t.meta["episode"]["return"] for t in episodes) / n}
+            "mean_return": sum(t.meta["episode"]["return"] for t in episodes) / n,
+            "mean_tokens": sum(t.cost.generated_tokens for t in episodes) / n}
