@@ -121,6 +121,24 @@ def test_agent_rl_runs_resumes_and_reports(tiny_policy, tmp_path, credit):
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 27
 
 
+def test_micro_batches_give_the_same_update_as_the_whole_batch(tmp_path):
+    """OPRL's PRM step (scores once, dL/ds pushed through each chunk) and the accumulated PPO
+    step equal the whole-batch ones: same losses, same weights after an iteration (the shipped
+    agent policy: its batches have success/failure pairs)."""
+    results = []
+    for micro in (None, 3):
+        model, tok = WORLD.load_policy(None)
+        cfg = AgentRLConfig(credit="oprl", iterations=1, tasks_per_iteration=3, episodes_per_task=4, max_turns=6,
+                            micro_batch=micro)
+        [row] = train_agent_rl(model, tok, tmp_path / str(micro), cfg)
+        results.append((row, dict(model.named_parameters())))
+    (whole, w_params), (micro, m_params) = results
+    assert whole["prm_loss"] == pytest.approx(micro["prm_loss"], abs=1e-5)
+    assert whole["loss"] == pytest.approx(micro["loss"], abs=1e-5)
+    assert all(torch.allclose(w_params[k], m_params[k], atol=1e-5) for k in w_params)
+    assert any(not torch.allclose(w_params[k], WORLD.load_policy(None)[0].state_dict()[k]) for k in w_params)
+
+
 def test_oprl_with_exact_turn_rewards_needs_no_prm(tiny_policy, tmp_path):
     model, tok = WORLD.load_policy(tiny_policy)
     cfg = AgentRLConfig(credit="oprl", exact_turn_rewards=True, iterations=1, tasks_per_iteration=2,

@@ -207,6 +207,8 @@ def rl(
     norm_std: Annotated[bool, typer.Option(help="GiGPO / OPRL: normalise advantages by std (else centre only, the "
                                                 "iStar code's mean_norm)")] = True,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="--env: per turn")] = None,
+    micro_batch: Annotated[int | None, typer.Option(min=1, help="--env: episodes per forward pass (gradients "
+                                                                "accumulate; default: the whole batch)")] = None,
     seed: int = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -221,7 +223,7 @@ def rl(
                  "step_baseline": step_baseline, "max_new_tokens": max_new_tokens, "iterations": steps, "lr": lr,
                  "trainable": None if trainable is None else tuple(comma_list(trainable)), "gamma": gamma,
                  "tasks_per_iteration": problems_per_step, "episodes_per_task": samples_per_problem,
-                 "temperature": temperature, "baseline": baseline}
+                 "temperature": temperature, "baseline": baseline, "micro_batch": micro_batch}
         _agent_rl(out, env, credit, data, limit, policy, seed, device, overwrite, threads,
                   {**{k: v for k, v in agent.items() if v is not None}, "score_before_update": score_before_update,
                    "norm_std": norm_std})

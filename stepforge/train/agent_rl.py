@@ -88,6 +88,9 @@ class AgentRLConfig:
     # r(a_t) instead of the implicit PRM: the step signal's ceiling, for benchmarks
     exact_turn_rewards: bool = False
     temperature: float = 1.0
+    # episodes per forward pass (None: the whole batch at once); gradients are accumulated, so the
+    # update is the same, only memory changes: what a real model on one GPU needs
+    micro_batch: int | None = None
     max_turns: int = 16
     max_new_tokens: int = 8
     save_every: int = 10
@@ -107,6 +110,8 @@ class AgentRLConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.temperature <= 0:
             raise ValueError(f"RL samples from the policy: temperature must be > 0, got {self.temperature}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"micro_batch is a number of episodes >= 1, got {self.micro_batch}")
 
     @property
     def uses_prm(self) -> bool:
@@ -157,12 +162,52 @@ def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) 
     return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits / temperature, ids)
 
 
+def _chunks(rows: int, size: int | None) -> list[slice]:
+    size = size or rows
+    return [slice(k, min(k + size, rows)) for k in range(0, rows, size)]
+
+
 def implicit_turn_rewards(prm, ids: torch.Tensor, attn: torch.Tensor, old: torch.Tensor, turn: torch.Tensor,
                           n_turns: Sequence[int], cfg: AgentRLConfig, grad: bool = False) -> list[torch.Tensor]:
     """OPRL's r_φ(a_t) = β·Σ_{tokens of a_t} (log π_φ − log π_old), per episode and turn."""
     with torch.set_grad_enabled(grad):
         ratio = (_logprobs(prm, ids, attn, cfg.temperature) - old) * (turn >= 0)
         return [cfg.beta * s for s in turn_sums(ratio, turn.clamp(min=0), n_turns)]
+
+
+def _scored_chunks(prm, ids, attn, old, turn, n_turns, cfg: AgentRLConfig, grad: bool = False
+                   ) -> list[tuple[slice, list[torch.Tensor]]]:
+    return [(c, implicit_turn_rewards(prm, ids[c], attn[c], old[c], turn[c], n_turns[c], cfg, grad))
+            for c in _chunks(ids.shape[0], cfg.micro_batch)]
+
+
+def _score_turns(prm, batch: tuple, cfg: AgentRLConfig) -> list[torch.Tensor]:
+    """r_φ(a_t) of every episode's turns, on the CPU, without gradients."""
+    return [r.detach().cpu() for _, per_turn in _scored_chunks(prm, *batch, cfg) for r in per_turn]
+
+
+def _prm_dpo_step(prm, prm_opt, pairs: list[tuple[int, int]], batch: tuple, cfg: AgentRLConfig) -> float:
+    """One trajectory-DPO step on the implicit PRM, ``cfg.micro_batch`` episodes per forward. The
+    loss depends on the episodes only through their scores s_i, so it is computed once from
+    detached scores and its gradient dL/ds_i is pushed through each chunk's own forward: exact,
+    with one chunk's activations in memory at a time."""
+
+    def trajectory_score(per_turn: list[torch.Tensor]) -> torch.Tensor:  # Δ = Σ (or mean) of turn log-ratios
+        return torch.stack([(r.mean() if cfg.turn_score == "mean" and r.numel() else r.sum())
+                            for r in per_turn]) / cfg.beta
+
+    with torch.no_grad():
+        scores = torch.cat([trajectory_score(r) for _, r in _scored_chunks(prm, *batch, cfg)])
+    scores.requires_grad_(True)
+    chosen, rejected = (torch.tensor(x, device=scores.device) for x in zip(*pairs, strict=True))
+    loss = trajectory_dpo_loss(scores[chosen], scores[rejected], cfg.beta)
+    (d_scores,) = torch.autograd.grad(loss, scores)
+    prm_opt.zero_grad()
+    for c, per_turn in _scored_chunks(prm, *batch, cfg, grad=True):
+        (trajectory_score(per_turn) * d_scores[c]).sum().backward()
+    torch.nn.utils.clip_grad_norm_(prm.parameters(), 1.0)
+    prm_opt.step()
+    return loss.item()
 
 
 def _batch(tokenizer, problems, episodes: list[Trajectory], task, n: int, device) -> tuple[torch.Tensor, ...]:
@@ -215,31 +260,22 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
         success = [bool(t.correct) for t in episodes]
         ids, attn, turn = _batch(tokenizer, batch, episodes, task, n, device)
         act = turn >= 0
+        chunks = _chunks(len(episodes), cfg.micro_batch)
         with torch.no_grad():
-            old = _logprobs(model, ids, attn, cfg.temperature)
+            old = torch.cat([_logprobs(model, ids[c], attn[c], cfg.temperature) for c in chunks])
         row: dict[str, Any] = {"iteration": it + 1}
         step_rewards = None
         if prm is not None:
             pairs = trajectory_dpo_pairs(success, groups, cfg.pairing)
-            scored = (prm, ids, attn, old, turn, n_turns, cfg)
-
+            scored = (ids, attn, old, turn, n_turns)
             if cfg.score_before_update:
-                step_rewards = [r.detach().cpu() for r in implicit_turn_rewards(*scored, grad=False)]
+                step_rewards = _score_turns(prm, scored, cfg)
             prm.train()
             for _ in range(cfg.prm_updates if pairs else 0):
-                per_turn = implicit_turn_rewards(*scored, grad=True)  # β·log-ratio per turn; DPO's Δ is their sum / β
-                score = torch.stack([(r.mean() if cfg.turn_score == "mean" else r.sum()) if r.numel()
-                                     else r.sum() for r in per_turn]) / cfg.beta
-                chosen, rejected = (torch.tensor(x, device=score.device) for x in zip(*pairs, strict=True))
-                loss = trajectory_dpo_loss(score[chosen], score[rejected], cfg.beta)
-                prm_opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(prm.parameters(), 1.0)
-                prm_opt.step()
-                row["prm_loss"] = round(loss.item(), 5)
+                row["prm_loss"] = round(_prm_dpo_step(prm, prm_opt, pairs, scored, cfg), 5)
             prm.eval()
             if step_rewards is None:
-                step_rewards = [r.detach().cpu() for r in implicit_turn_rewards(*scored, grad=False)]
+                step_rewards = _score_turns(prm, scored, cfg)
             totals = torch.stack([r.sum() for r in step_rewards])
             row["prm_disagreement"] = round(sum(float(totals[w] <= totals[x]) for w, x in pairs) / len(pairs), 5) \
                 if pairs else None
@@ -269,13 +305,16 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
                 adv[b] = a.to(device)[turn[b].clamp(min=0, max=a.numel() - 1)]
         adv = adv * act
         model.train()
+        n_act = act.sum().clamp(min=1)
         for _ in range(cfg.ppo_epochs):
-            new = _logprobs(model, ids, attn, cfg.temperature)
-            ratio = torch.exp(new - old)
-            pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
-            loss = (pg * act).sum() / act.sum().clamp(min=1)
             opt.zero_grad()
-            loss.backward()
+            loss = torch.zeros((), device=device)
+            for c in chunks:  # token-mean over the whole batch, accumulated chunk by chunk
+                ratio = torch.exp(_logprobs(model, ids[c], attn[c], cfg.temperature) - old[c])
+                pg = -torch.min(ratio * adv[c], ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv[c])
+                part = (pg * act[c]).sum() / n_act
+                part.backward()
+                loss = loss + part.detach()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         model.eval()
