@@ -31,13 +31,13 @@ import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stepforge.backends.causal_lm import next_token_logprobs, pad_id, pad_right
+from stepforge.backends.causal_lm import pad_id, pad_right
 from stepforge.backends.device import model_device
 from stepforge.backends.transformers_backend import TransformersPolicy
 from stepforge.env.rollout import episode_summary, episode_tokens, rollout
@@ -54,7 +54,7 @@ from stepforge.train.credit import (
     trajectory_dpo_loss,
     trajectory_dpo_pairs,
 )
-from stepforge.train.rl import _trainable_parameters
+from stepforge.train.rl import _logprobs, _trainable_parameters, resume_checkpoint, save_checkpoint
 
 AGENT_CREDITS = ("outcome", "merged", "gigpo", "oprl")
 
@@ -156,10 +156,6 @@ def agent_alarms(history: Sequence[dict[str, Any]], window: int = ALARM_WINDOW) 
     if d0 is not None and d1 is not None and (d1 - d0 > 0.2 or d1 > 0.5):
         alarms.append(f"PRM disagrees with outcomes {d0:.2f} -> {d1:.2f}")
     return alarms
-
-
-def _logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    return next_token_logprobs(model(input_ids=ids, attention_mask=mask).logits / temperature, ids)
 
 
 def _chunks(rows: int, size: int | None) -> list[slice]:
@@ -330,34 +326,13 @@ def train_agent_rl(model, tokenizer, out_dir: str | Path, cfg: AgentRLConfig,
         if on_iteration:
             on_iteration(row, episodes)
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
-            _save(out, it + 1, cfg, model=model, optimizer=opt, prm=prm, prm_optimizer=prm_opt)
+            save_checkpoint(out, it + 1, cfg, model=model, optimizer=opt, prm=prm, prm_optimizer=prm_opt)
     return history
 
 
-def _save(out: Path, step: int, cfg: AgentRLConfig, **state: Any) -> None:
-    payload = {k: v.state_dict() for k, v in state.items() if v is not None}
-    payload.update(step=step, config=json.loads(json.dumps(asdict(cfg), default=str)))
-    tmp = out / "checkpoint.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
-
-
 def _resume(out: Path, model, opt, prm=None, prm_opt=None) -> int:
-    """Load the last checkpoint (if any); metrics and episodes of later iterations are dropped
-    (those iterations are redone)."""
-    step = 0
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=model_device(model))
-        for key, obj in (("model", model), ("optimizer", opt), ("prm", prm), ("prm_optimizer", prm_opt)):
-            if obj is not None:
-                if key not in state:
-                    raise ValueError(f"{ckpt}: has no {key!r}; resume with the settings that wrote it")
-                obj.load_state_dict(state[key])
-        step = int(state["step"])
-    metrics = out / "metrics.jsonl"
-    if metrics.exists():
-        metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()[:step]))
+    """:func:`resume_checkpoint`, and the scored episodes of iterations after it dropped too."""
+    step = resume_checkpoint(out, model, optimizer=opt, prm=prm, prm_optimizer=prm_opt)
     episodes = out / "episodes.jsonl"
     if episodes.exists():
         kept = [x for x in episodes.read_text().splitlines() if json.loads(x)["meta"]["iteration"] <= step]

@@ -236,7 +236,7 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
     for p in reference.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(_trainable_parameters(model, cfg.trainable), lr=cfg.lr)
-    start = _resume(out, model, opt, scorer.model if online else None)
+    start = resume_checkpoint(out, model, optimizer=opt, prm=scorer.model if online else None)
     metrics_path = out / "metrics.jsonl"
     history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     history = history[:start]
@@ -307,36 +307,34 @@ def train_rl(model, tokenizer, out_dir: str | Path, cfg: RLConfig, scorer=None, 
         if on_step:
             on_step(row)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save(out, model, opt, step + 1, cfg, scorer.model if online else None)
+            save_checkpoint(out, step + 1, cfg, model=model, optimizer=opt, prm=scorer.model if online else None)
     return history
 
 
-def _save(out: Path, model, opt, step: int, cfg: RLConfig, prm_model=None) -> None:
-    tmp = out / "checkpoint.tmp"
-    tmp.mkdir(exist_ok=True)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-             "config": json.loads(json.dumps(asdict(cfg), default=str))}
-    if prm_model is not None:  # an online PRM is part of the run's state
-        state["prm"] = prm_model.state_dict()
-    torch.save(state, tmp / "state.pt")
-    os.replace(tmp / "state.pt", out / "checkpoint.pt")  # atomic: a kill never leaves half a checkpoint
-    tmp.rmdir()
+def save_checkpoint(out: Path, step: int, cfg: Any, **state: Any) -> None:
+    """``checkpoint.pt`` in ``out``: the state dict of every object given (None: skipped), the
+    step and the config, written atomically (a kill never leaves half a checkpoint)."""
+    payload = {k: v.state_dict() for k, v in state.items() if v is not None}
+    payload.update(step=step, config=json.loads(json.dumps(asdict(cfg), default=str)))
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, out / "checkpoint.pt")
 
 
-def _resume(out: Path, model, opt, prm_model=None) -> int:
-    """Load the last checkpoint (if any) and drop the metrics of steps after it: those steps
-    are redone."""
+def resume_checkpoint(out: Path, model, **state: Any) -> int:
+    """Load ``out``'s last checkpoint (if any) into ``model`` and every object of ``state`` that
+    is not None, and drop the lines of ``metrics.jsonl`` after its step (those steps are
+    redone); returns the step (0 without a checkpoint)."""
     step = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=model_device(model))
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        if prm_model is not None:
-            if "prm" not in state:
-                raise ValueError(f"{ckpt}: written without an online PRM; resume with the same settings")
-            prm_model.load_state_dict(state["prm"])
+        saved = torch.load(ckpt, weights_only=False, map_location=model_device(model))
+        for key, obj in {"model": model, **state}.items():
+            if obj is not None:
+                if key not in saved:
+                    raise ValueError(f"{ckpt}: has no {key!r}; resume with the settings that wrote it")
+                obj.load_state_dict(saved[key])
+        step = int(saved["step"])
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()[:step]))
