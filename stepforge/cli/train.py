@@ -84,12 +84,17 @@ def pairs(
     console.print(f"{len(result)} pairs from {len(data)} trajectories with a first error; wrote [bold]{out}[/bold]")
 
 
-def _publish_policy(model, tokenizer, out: Path, what: str) -> None:
+def _save_policy(model, tokenizer, out: Path) -> None:
+    """Model and tokenizer into ``out``, published atomically (replacing what is there)."""
     def save(where: Path) -> None:
         model.save_pretrained(where)
         tokenizer.save_pretrained(where)
 
     publish_dir(save, out, overwrite=True)
+
+
+def _publish_policy(model, tokenizer, out: Path, what: str) -> None:
+    _save_policy(model, tokenizer, out)
     console.print(f"trained on {what}; saved to [bold]{out}[/bold] (use it with --backend transformers --model {out})")
 
 
@@ -266,11 +271,7 @@ def rl(
 
         train_rl(model, tok, out, cfg, scorer, on_step=on_step)
 
-    def save(where_to: Path) -> None:
-        model.save_pretrained(where_to)
-        tok.save_pretrained(where_to)
-
-    publish_dir(save, out / "policy", overwrite=True)
+    _save_policy(model, tok, out / "policy")
     console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; policy in [bold]{out / 'policy'}[/bold]")
 
 
@@ -310,11 +311,7 @@ def _agent_rl(out: Path, env: str, credit: str, data: str | None, limit: int | N
 
         train_agent_rl(model, tok, out, cfg, on_iteration=on_iteration, problems=problems)
 
-    def save(where_to: Path) -> None:
-        model.save_pretrained(where_to)
-        tok.save_pretrained(where_to)
-
-    publish_dir(save, out / "policy", overwrite=True)
+    _save_policy(model, tok, out / "policy")
     console.print(f"metrics in [bold]{out / 'metrics.jsonl'}[/bold]; episodes in [bold]{out / 'episodes.jsonl'}"
                   f"[/bold]; policy in [bold]{out / 'policy'}[/bold]")
 
