@@ -55,9 +55,14 @@ class CalculatorEnv:
     turns: int = 0
     max_turns: int = MAX_TURNS
 
+    @property
+    def state(self) -> str:
+        """The values the calculator has returned so far (GiGPO's anchor key)."""
+        return "|".join(self.values)
+
     def reset(self, problem: Problem) -> tuple[str, str]:
         self.problem, self.values, self.turns = problem, [], 0
-        return GSM8K_TOOL.build_prompt(problem), ""
+        return GSM8K_TOOL.build_prompt(problem), self.state
 
     def step(self, action: str) -> EnvStep:
         if self.problem is None:
@@ -66,13 +71,13 @@ class CalculatorEnv:
         out_of_turns = self.turns >= self.max_turns
         call = _CALL.search(action.strip())
         if call is None:  # a plain step: the final answer ends the episode
-            final = GSM8K.is_final_step(action) if GSM8K.is_final_step else False
-            reward = float(GSM8K.is_correct(self.problem, extract_answer(action))) if final else 0.0
-            return EnvStep("\n", reward, final or out_of_turns, "|".join(self.values), None)
+            final = GSM8K_TOOL.is_final_step(action)
+            reward = float(GSM8K_TOOL.is_correct(self.problem, extract_answer(action))) if final else 0.0
+            return EnvStep("\n", reward, final or out_of_turns, self.state, None)
         try:
             value = safe_eval(call.group(1))
         except (UnsafeExpression, ZeroDivisionError):
-            return EnvStep(CALL_CLOSE + "error\n", BAD_CALL_PENALTY, out_of_turns, "|".join(self.values), False)
+            return EnvStep(CALL_CLOSE + "error\n", BAD_CALL_PENALTY, out_of_turns, self.state, False)
         self.values.append(_format(value))
         claimed = call.group(2)
         label = None
@@ -81,7 +86,7 @@ class CalculatorEnv:
                 label = values_agree(value, float(claimed.replace(",", "").strip()))
             except ValueError:
                 label = False  # a claim that is not a number
-        return EnvStep(f"{CALL_CLOSE}{self.values[-1]}\n", 0.0, out_of_turns, "|".join(self.values), label)
+        return EnvStep(f"{CALL_CLOSE}{self.values[-1]}\n", 0.0, out_of_turns, self.state, label)
 
 
 GSM8K_TOOL = register_task(Task(

@@ -10,7 +10,7 @@ line; which operation shortens the path is still for it to work out)::
                                 the environment answers "=68 +3"
     +3=71 +0                 <- target reached: success, reward 1
 
-An action that is not one of the tags, or whose operation would leave [0, 99], is answered
+An action that is not one of the task's operations (or its tag), or whose operation would leave [0, 99], is answered
 with the unchanged value and ``no`` (``=68 +3 no``) and costs −0.1. The episode ends on success or after
 a budget of (BFS distance from the start) + 2 turns. A turn is *progress* iff it lowers the
 BFS distance to the target: exact per-turn labels that no agent benchmark has.
@@ -106,7 +106,8 @@ def parse_game(question: str) -> Game:
 def sample_game(rng: random.Random, min_distance: int = 2, max_distance: int = 5, operators: str = "+-") -> Game:
     """3–4 distinct operations (at least one adding and one subtracting when ``operators`` has
     both) and a target whose BFS distance from the start is in range. The default leaves ``*``
-    out: with it, the 0.2M policy could not learn which move shortens the path (8.5% success)."""
+    out: the shipped policy is trained and measured on + and − tasks only (the first design,
+    with ``*`` and tag actions, left the 0.2M policy at 8.5% success)."""
     while True:
         n_ops = rng.randint(3, 4)
         ops: list[tuple[str, int]] = []
