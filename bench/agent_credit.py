@@ -40,7 +40,7 @@ DEFAULT_VARIANTS = ("outcome", "merged", "gigpo", "oprl")
 HELD_OUT_SEED = 777_001
 
 
-def held_out_success(model, tokenizer, problems, device: str = "cpu") -> float:
+def held_out_success(model, tokenizer, problems) -> float:
     from stepforge.backends.transformers_backend import TransformersPolicy
     from stepforge.env.rollout import rollout
     from stepforge.tasks import get_world
@@ -70,12 +70,12 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict:
                         prm_trainable=tuple(x for x in args.prm_trainable.split(",") if x),
                         prm_updates=args.prm_updates, tasks_per_iteration=args.tasks,
                         episodes_per_task=args.episodes, save_every=args.iterations)
-    curve = [(0, held_out_success(model, tok, held_out, device))]
+    curve = [(0, held_out_success(model, tok, held_out))]
     scored: list[tuple[list[float], list[float | None]]] = []
 
     def on_iteration(row, episodes) -> None:
         if row["iteration"] % args.eval_every == 0:
-            curve.append((row["iteration"], held_out_success(model, tok, held_out, device)))
+            curve.append((row["iteration"], held_out_success(model, tok, held_out)))
         if "turn_rewards" in episodes[0].meta and row["iteration"] > args.iterations // 2:
             scored.extend((t.meta["turn_rewards"], t.step_labels) for t in episodes)
 

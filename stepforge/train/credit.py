@@ -171,14 +171,20 @@ def oprl_advantages(outcomes: torch.Tensor, groups: torch.Tensor, step_rewards: 
     if step_baseline not in ("steps", "trajectories"):
         raise ValueError(f"step_baseline is 'steps' or 'trajectories', got {step_baseline!r}")
     a_ep = rloo_advantages(outcomes, groups) if episode_baseline == "rloo" else group_normalize(outcomes, groups, std)
+    members: dict[int, list[torch.Tensor]] = {}  # group -> its non-empty trajectories' step rewards
+    for g, r in zip(groups.tolist(), step_rewards, strict=True):
+        if r.numel():
+            members.setdefault(int(g), []).append(r)
+    pools = {g: (torch.cat(rs) if step_baseline == "steps" else torch.stack([r[0] for r in rs])).double()
+             for g, rs in members.items()}
     out = []
-    for i, r in enumerate(step_rewards):
-        mates = [step_rewards[j] for j in range(len(step_rewards)) if int(groups[j]) == int(groups[i]) and
-                 step_rewards[j].numel()]
-        pool = (torch.cat(mates) if step_baseline == "steps" else torch.stack([m[0] for m in mates])).double()
-        centred = r.double() - pool.mean()
-        a_step = (centred / (pool.std(unbiased=False) + eps) if std else centred) if pool.numel() > 1 \
-            else torch.zeros_like(r, dtype=torch.float64)
+    for i, (g, r) in enumerate(zip(groups.tolist(), step_rewards, strict=True)):
+        pool = pools.get(int(g))
+        if pool is None or pool.numel() < 2:
+            a_step = torch.zeros_like(r, dtype=torch.float64)
+        else:
+            centred = r.double() - pool.mean()
+            a_step = centred / (pool.std(unbiased=False) + eps) if std else centred
         out.append((float(a_ep[i]) + alpha * a_step).float())
     return out
 
